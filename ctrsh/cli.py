@@ -1,0 +1,159 @@
+"""The `ctrsh` command line: thin. Parse, call the library, render errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, NoReturn
+
+import typer
+
+from . import __version__
+from .errors import CtrshError, UsageError
+
+app = typer.Typer(
+    help=(
+        "Build real Linux containers from YAML recipes with stock tools "
+        "(unshare, nsenter, mount, pivot_root, ip), showing every command.\n\n"
+        "A recipe compiles into a plan of commands. `plan` prints it, `apply` runs it, "
+        "`export` writes it as a bash script. All three read the same plan."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+RecipeArg = Annotated[str, typer.Argument(help="Recipe file (YAML). See `ctrsh schema` and the README.", metavar="RECIPE")]
+StateDir = Annotated[
+    str | None,
+    typer.Option("--state-dir", envvar="CTRSH_STATE_DIR", help="Runtime state (namespace files, writable layers).",
+                 show_default="/run/ctrsh"),
+]
+DataDir = Annotated[
+    str | None,
+    typer.Option("--data-dir", envvar="CTRSH_DATA_DIR", help="Lasting data (built images).", show_default="/var/lib/ctrsh"),
+]
+
+
+def _plan(recipe_path: str, state_dir: str | None, data_dir: str | None):  # type: ignore[no-untyped-def]
+    from .compile import compile_plan
+    from .facts import detect
+    from .recipe import load
+
+    recipe = load(recipe_path)  # first: a bad recipe is reported before anything about the host
+    facts = detect(state_dir, data_dir)
+    return compile_plan(recipe, facts), facts
+
+
+@app.command()
+def apply(
+    recipe: RecipeArg,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print the commands as they run.")] = False,
+    state_dir: StateDir = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the container for real, in the foreground (needs root).
+
+    Each command is printed on stderr as it runs (a valid shell script: notes are
+    comments). The container uses your terminal; ctrsh exits with its exit code.
+    When it exits, fails or is interrupted, everything is undone, newest first.
+    """
+    plan, facts = _plan(recipe, state_dir, data_dir)
+    from . import engine, preflight
+    from .facts import Paths
+
+    preflight.check(plan, facts)
+    paths = Paths(facts, plan.name)
+    try:
+        code = engine.apply(plan, paths.journal, paths.nsfile("mnt"), engine.Trace(quiet=quiet))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except engine.Interrupted as e:
+        raise typer.Exit(128 + e.signum) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def plan(recipe: RecipeArg, state_dir: StateDir = None, data_dir: DataDir = None) -> None:
+    """Print the commands `apply` would run, phase by phase, with why. Runs nothing; no root needed."""
+    from .render import render_plan
+
+    compiled, _ = _plan(recipe, state_dir, data_dir)
+    sys.stdout.write(render_plan(compiled))
+
+
+@app.command()
+def export(
+    recipe: RecipeArg,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    state_dir: StateDir = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Write a standalone bash script that does what `apply` does: `ctrsh export r.yaml > r.sh; sudo bash r.sh`."""
+    from .export import export_script
+
+    compiled, _ = _plan(recipe, state_dir, data_dir)
+    text = export_script(compiled)
+    if output:
+        with open(output, "w") as f:
+            f.write(text)
+        os.chmod(output, 0o755)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def destroy(
+    name: Annotated[str, typer.Argument(help="Container name (the recipe's `name`).")],
+    state_dir: StateDir = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Tear down a container left behind (ctrsh was killed): kill its processes, run its journaled undos."""
+    from . import engine, preflight
+    from .facts import Paths, detect
+    from .recipe import check_name
+
+    if msg := check_name(name):
+        raise UsageError(msg)
+    preflight.require_root("destroy")
+    paths = Paths(detect(state_dir, data_dir), name)
+    if not os.path.exists(paths.journal):
+        raise UsageError(f"no container {name!r}: {paths.journal} does not exist")
+    failed = engine.undo_all(engine.Journal.load(paths.journal), engine.Trace(), paths.nsfile("mnt"))
+    if failed:
+        raise CtrshError("teardown incomplete:\n" + "\n".join(failed))
+
+
+@app.command()
+def schema() -> None:
+    """Print the recipe format as JSON Schema (for editors and validators)."""
+    import json
+
+    from .recipe import recipe_schema
+
+    print(json.dumps(recipe_schema(), indent=2))
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"ctrsh {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
+
+
+def main() -> NoReturn:
+    try:
+        app()
+    except CtrshError as e:
+        print(e if type(e).__name__ == "RecipeError" else f"ctrsh: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    sys.exit(0)

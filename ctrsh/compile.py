@@ -1,0 +1,38 @@
+"""Compile a Recipe and host Facts into a Plan. Pure: no I/O, no side effects."""
+
+from __future__ import annotations
+
+from .errors import Problem, RecipeError
+from .facts import Facts, Paths
+from .phases import Context, filesystem, namespaces, network, process, rootfs
+from .plan import Plan
+from .recipe import ALL_NAMESPACES, Recipe
+
+PHASE_MODULES = (rootfs, namespaces, filesystem, network, process)
+
+
+def resolve(recipe: Recipe, facts: Facts) -> Context:
+    """Fill in defaults that depend on the host; raise RecipeError for what the host cannot do."""
+    problems: list[Problem] = []
+    if recipe.namespaces is None:
+        kinds = frozenset(k for k in ALL_NAMESPACES if k != "cgroup" or facts.cgroup_ns)
+    else:
+        kinds = frozenset(recipe.namespaces)
+        if "cgroup" in kinds and not facts.cgroup_ns:
+            problems.append(recipe.problem("namespaces", "this kernel has no cgroup namespaces; remove 'cgroup'"))
+    hostname = recipe.hostname or recipe.name
+    if "uts" not in kinds:
+        if recipe.hostname is not None:
+            problems.append(
+                recipe.problem("hostname", "setting a hostname needs the 'uts' namespace (else it renames the host)")
+            )
+        hostname = None
+    if problems:
+        raise RecipeError(problems)
+    return Context(recipe, facts, Paths(facts, recipe.name), kinds, hostname)
+
+
+def compile_plan(recipe: Recipe, facts: Facts) -> Plan:
+    ctx = resolve(recipe, facts)
+    steps = tuple(step for module in PHASE_MODULES for step in module.steps(ctx))
+    return Plan(name=recipe.name, source=recipe.file, steps=steps)

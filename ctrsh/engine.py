@@ -1,0 +1,239 @@
+"""Run a Plan for real through `sh`: trace each step, journal its undo, roll back on failure.
+
+The container's own process runs in the foreground on the user's terminal;
+when it exits (or a step fails, or ctrsh is interrupted) the journaled undos
+run in reverse, so the host ends as it began.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, TextIO
+
+from .errors import StepFailed
+from .plan import PHASES, Argv, Plan, Step
+
+TAIL_LINES = 8  # how much of a failed command's output to show
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP arrived: stop and roll back, like Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class Trace:
+    """Prints what runs on stderr as a valid shell script: commands as-is, notes as comments."""
+
+    out: TextIO = field(default_factory=lambda: sys.stderr)
+    quiet: bool = False
+    _phase: str = ""
+    _skipped: set[str] = field(default_factory=set)
+
+    def _color(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.out.isatty() and not os.environ.get("NO_COLOR") else text
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            print(self._color(f"# {text}", "2"), file=self.out, flush=True)
+
+    def command(self, text: str) -> None:
+        if not self.quiet:
+            print(self._color(text, "1"), file=self.out, flush=True)
+
+    def step(self, step: Step) -> None:
+        if step.phase != self._phase:
+            self._phase = step.phase
+            self.note(f"{step.phase}: {PHASES[step.phase]}")
+        self.command(step.command)
+
+    def skip(self, step: Step) -> None:
+        if step.creates not in self._skipped:
+            self._skipped.add(step.creates or "")
+            self.note(f"{step.phase}: {step.creates} exists, skipping the steps that build it")
+
+
+@dataclass
+class Journal:
+    """The undos of what has run, on disk, so `ctrsh destroy` can finish the job after a crash."""
+
+    path: str
+    undos: list[Argv] = field(default_factory=list)
+
+    def record(self, undo: Argv) -> None:
+        self.undos.append(undo)
+        self.save()
+
+    def save(self) -> None:
+        # The journal lives in the container's state dir, which a step creates;
+        # until then it is kept in memory only (rollback still has it).
+        if os.path.isdir(os.path.dirname(self.path)):
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"undo": self.undos}, f)
+            os.replace(tmp, self.path)
+
+    @staticmethod
+    def load(path: str) -> list[Argv]:
+        with open(path) as f:
+            return [tuple(u) for u in json.load(f)["undo"]]
+
+
+def _sh() -> Any:
+    import sh  # lazy: ~70 ms of import that plan and export never need
+
+    return sh
+
+
+def run_step(argv: Argv) -> None:
+    """Run one command to completion, raising StepFailed with its output's tail."""
+    sh = _sh()
+    try:
+        sh.Command(argv[0])(*argv[1:], _tty_out=False, _in=None)
+    except sh.ErrorReturnCode as e:
+        raise StepFailed(_failure(argv, f"exit code {e.exit_code}", e.stderr or e.stdout)) from None
+    except sh.CommandNotFound:
+        raise StepFailed(_failure(argv, "command not found", b"")) from None
+
+
+def _failure(argv: Argv, how: str, output: bytes) -> str:
+    import shlex
+
+    lines = output.decode(errors="replace").rstrip().splitlines()[-TAIL_LINES:]
+    detail = "".join(f"\n    {line}" for line in lines)
+    return f"{shlex.join(argv)}\n  {how}{detail}"
+
+
+def run_foreground(argv: Argv) -> int:
+    """Run the container on the user's terminal; return its exit code (128+N for signal N)."""
+    sh = _sh()
+    try:
+        sh.Command(argv[0])(*argv[1:], _fg=True)
+    except sh.ErrorReturnCode as e:
+        code: int = e.exit_code
+        return 128 - code if code < 0 else code
+    except sh.CommandNotFound:
+        raise StepFailed(_failure(argv, "command not found", b"")) from None
+    return 0
+
+
+@contextmanager
+def interrupts_roll_back() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Interrupted (Ctrl-C already raises KeyboardInterrupt)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def sigint_goes_to_container() -> Iterator[None]:
+    """While the container runs, Ctrl-C is the container's business (as in a shell).
+
+    A no-op handler, not SIG_IGN: ignored signals stay ignored across exec, and
+    the container must see its Ctrl-C. The terminal delivers it to the container;
+    ctrsh just keeps waiting, and tears down when the container exits.
+    """
+    old = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def container_pids(mnt_nsfile: str) -> list[int]:
+    """Processes inside the container's mount namespace (what `ip netns pids` does for net)."""
+    try:
+        ino = os.stat(mnt_nsfile).st_ino
+    except OSError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/mnt").st_ino == ino:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def kill_leftovers(mnt_nsfile: str, trace: Trace) -> None:
+    """Kill what still runs in the container (after ctrsh itself was interrupted or killed)."""
+    pids = [p for p in container_pids(mnt_nsfile) if p != os.getpid()]
+    if pids:
+        trace.note("processes still in the container:")
+        trace.command("kill -KILL " + " ".join(map(str, pids)))
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def undo_all(undos: list[Argv], trace: Trace, mnt_nsfile: str) -> list[str]:
+    """Run undos newest first, carrying on past failures; return what failed."""
+    import shlex
+
+    kill_leftovers(mnt_nsfile, trace)
+    failed = []
+    if undos:
+        trace.note("teardown: undo what ran, newest first")
+    for undo in reversed(undos):
+        trace.command(shlex.join(undo))
+        try:
+            run_step(undo)
+        except StepFailed as e:
+            failed.append(str(e))
+    return failed
+
+
+def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace) -> int:
+    """Run every step, then tear down; return the container's exit code."""
+    journal = Journal(journal_path)
+    total = len(plan.steps)
+    code = 0
+    try:
+        with interrupts_roll_back():
+            for index, step in enumerate(plan.steps, 1):
+                if step.creates and os.path.lexists(step.creates):
+                    trace.skip(step)
+                    continue
+                trace.step(step)
+                if step.foreground:
+                    with sigint_goes_to_container():
+                        code = run_foreground(step.argv)
+                else:
+                    try:
+                        run_step(step.argv)
+                    except StepFailed as e:
+                        raise StepFailed(f"step {index} of {total} failed ({step.phase}): {e}") from None
+                if step.undo:
+                    journal.record(step.undo)
+    except BaseException as e:
+        failed = undo_all(journal.undos, trace, mnt_nsfile)
+        why = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "failed"
+        trace.note(f"{why}: rolled back {len(journal.undos)} steps" + (f", {len(failed)} undo(s) failed" if failed else ""))
+        for f in failed:
+            print(f"ctrsh: undo failed: {f}", file=sys.stderr)
+        raise
+    failed = undo_all(journal.undos, trace, mnt_nsfile)
+    if failed:
+        raise StepFailed("teardown incomplete:\n" + "\n".join(failed))
+    return code

@@ -1,0 +1,60 @@
+"""Plan -> a standalone bash script that does what `ctrsh apply` does.
+
+Undos are registered as each step succeeds and run, newest first, by an EXIT
+trap: on success, on a failing step (set -e), and on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import shlex
+from itertools import groupby
+
+from . import __version__
+from .plan import PHASES, Plan
+
+HEADER = """\
+#!/usr/bin/env bash
+# Container "{name}", exported by ctrsh {version} from {source}.
+# It runs the same commands as `ctrsh apply {source}`, with plain bash.
+# Run it as root. Everything it changes on the host is undone when it exits,
+# fails or is interrupted: each step that changes the host registers its undo.
+# shellcheck disable=SC2016  # '$1' in single quotes is for the inner sh, by design
+set -euo pipefail
+
+if [[ $EUID -ne 0 ]]; then
+  echo "$0: run this as root, e.g. sudo bash $0" >&2
+  exit 1
+fi
+
+undo=()  # commands that reverse what has run, oldest first
+cleanup() {{
+  local rc=$? i
+  trap - EXIT INT TERM HUP
+  for ((i = ${{#undo[@]}} - 1; i >= 0; i--)); do
+    eval "${{undo[i]}}" || echo "$0: undo failed: ${{undo[i]}}" >&2
+  done
+  exit "$rc"
+}}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+"""
+
+
+def export_script(plan: Plan) -> str:
+    out = [HEADER.format(name=plan.name, version=__version__, source=plan.source)]
+    for phase, steps in plan.by_phase():
+        out.append(f"\n# == {phase}: {PHASES[phase]} ==\n")
+        for creates, group in groupby(steps, key=lambda s: s.creates):
+            indent = "  " if creates else ""
+            if creates:
+                out.append(f"if [[ ! -e {shlex.quote(creates)} ]]; then  # build once, reuse after\n")
+            for step in group:
+                out.append(f"{indent}# {step.why}\n{indent}{step.command}\n")
+                if step.undo_command:
+                    out.append(f"{indent}undo+=({shlex.quote(step.undo_command)})\n")
+            if creates:
+                out.append("fi\n")
+    out.append("\n# The EXIT trap now tears everything down: the undos above, newest first.\n")
+    return "".join(out)

@@ -1,0 +1,35 @@
+"""One module per phase; each turns a resolved Context into that phase's Steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..facts import Facts, Paths
+from ..recipe import Namespace, Recipe
+
+
+@dataclass(frozen=True)
+class Context:
+    """The recipe with its defaults resolved against the host facts."""
+
+    recipe: Recipe
+    facts: Facts
+    paths: Paths
+    namespaces: frozenset[Namespace]
+    hostname: str | None  # None: no uts namespace, the hostname is left alone
+
+    def nsenter(self, *kinds: Namespace) -> tuple[str, ...]:
+        """`nsenter` into the container's persisted namespaces of these kinds (those it has)."""
+        args = ["nsenter"]
+        for kind in kinds:
+            if kind not in self.namespaces:
+                continue
+            if kind == "net":
+                args.append(f"--net=/run/netns/{self.paths.netns}")
+            else:
+                args.append(f"--{kind}={self.paths.nsfile(NSFILE[kind])}")
+        return (*args, "--")
+
+
+# Namespace kind -> the file name that keeps it alive (as in /proc/PID/ns/).
+NSFILE: dict[str, str] = {"mount": "mnt", "uts": "uts", "ipc": "ipc"}

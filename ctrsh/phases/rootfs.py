@@ -1,0 +1,54 @@
+"""Phase rootfs: provide the image the container's root filesystem is made from.
+
+Images are built once into the data dir and reused: every step here `creates`
+the image path, so a second apply skips them all. The build happens in
+IMAGE.tmp and is renamed at the end, so a half-built image is never used.
+"""
+
+from __future__ import annotations
+
+from ..plan import Step
+from . import Context
+
+# For each applet path busybox lists (bin/ls, usr/bin/env), a link relative to
+# its directory (../bin/busybox, ../../bin/busybox): relative links stay right
+# wherever the tree is mounted, where absolute ones would point into the host.
+LINK_APPLETS = """cd "$1"
+for p in $(bin/busybox --list-full); do
+  case $p in */*/*) t=../../bin/busybox ;; *) t=../bin/busybox ;; esac
+  [ -e "$p" ] || ln -s "$t" "$p"
+done"""
+
+# Enough account data for `id`, `ps` and `ls -l` to show names.
+WRITE_ETC = r"""printf "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n" >"$1/etc/passwd"
+printf "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n" >"$1/etc/group"
+"""
+
+LAYOUT = ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "etc", "root", "tmp")
+
+
+def steps(c: Context) -> list[Step]:
+    image = c.paths.image("busybox")
+    tmp = f"{image}.tmp"
+
+    def build(argv: tuple[str, ...], why: str, undo: tuple[str, ...] | None = None) -> Step:
+        return Step("rootfs", argv, why, undo=undo, creates=image)
+
+    return [
+        build(
+            ("mkdir", "-p", *(f"{tmp}/{d}" for d in LAYOUT)),
+            "Lay out a new busybox image beside its final place (skipped once the image exists).",
+            undo=("rm", "-rf", "--one-file-system", tmp),
+        ),
+        build(("chmod", "1777", f"{tmp}/tmp"), "/tmp is writable by all, with the sticky bit, as on any Linux."),
+        build(
+            ("cp", c.facts.busybox, f"{tmp}/bin/busybox"),
+            "A static busybox needs no libraries: this one file is every command in the image.",
+        ),
+        build(
+            ("sh", "-c", LINK_APPLETS, "ctrsh-link", tmp),
+            "One relative symlink per applet (usr/bin/env -> ../../bin/busybox), valid wherever the tree is mounted.",
+        ),
+        build(("sh", "-c", WRITE_ETC, "ctrsh-etc", tmp), "Minimal /etc/passwd and /etc/group, so tools show user names."),
+        build(("mv", "-T", tmp, image), "Publish the finished image in one rename; later applies reuse it."),
+    ]

@@ -1,0 +1,58 @@
+"""Step and Plan: the one data structure that apply, plan and export all read."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Literal
+
+Phase = Literal["rootfs", "namespaces", "filesystem", "network", "cgroups", "security", "process"]
+
+# Phase order, each with the one-line purpose shown in `plan` and `export`.
+PHASES: dict[Phase, str] = {
+    "rootfs": "provide the root filesystem",
+    "namespaces": "create the namespaces, persisted as files so each later step can enter them",
+    "filesystem": "assemble the container's mounts inside its own mount namespace",
+    "network": "configure the network namespace",
+    "cgroups": "limit resources",
+    "security": "drop privileges",
+    "process": "start the container's PID 1",
+}
+
+Argv = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One real command. Never a string for a shell: `argv` is passed as is."""
+
+    phase: Phase
+    argv: Argv
+    why: str
+    undo: Argv | None = None  # the command that reverses this step on the host
+    creates: str | None = None  # a cached result: skip the step when this path exists
+    foreground: bool = False  # the container itself: user's terminal, its exit code is ours
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+    @property
+    def undo_command(self) -> str | None:
+        return shlex.join(self.undo) if self.undo else None
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    source: str  # the recipe file, for headers
+    steps: tuple[Step, ...]
+
+    def by_phase(self) -> list[tuple[Phase, list[Step]]]:
+        """Steps grouped by phase, in phase order, skipping empty phases."""
+        groups: list[tuple[Phase, list[Step]]] = []
+        for step in self.steps:
+            if not groups or groups[-1][0] != step.phase:
+                groups.append((step.phase, []))
+            groups[-1][1].append(step)
+        return groups

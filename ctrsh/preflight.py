@@ -1,0 +1,49 @@
+"""Checks before `apply` runs anything: root, and every tool the plan calls."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from .errors import UsageError
+from .facts import Facts
+from .plan import Plan
+
+# Debian package for each tool a plan may call, for the "install X" hint.
+PACKAGES = {
+    "ip": "iproute2",
+    "busybox": "busybox-static",
+    "unshare": "util-linux",
+    "nsenter": "util-linux",
+    "mount": "mount",
+    "umount": "mount",
+    "pivot_root": "util-linux",
+    "mknod": "coreutils",
+}
+# Run inside the process phase's script, so not visible as any step's argv[0].
+INNER_TOOLS = ("mount", "pivot_root", "mkdir")
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise UsageError(f"`ctrsh {what}` needs root (namespaces, mounts): run it with sudo")
+
+
+def tools(plan: Plan) -> list[str]:
+    """Every program the plan executes on the host: argv[0], and what nsenter/unshare run after `--`."""
+    found: list[str] = list(INNER_TOOLS)
+    for step in plan.steps:
+        found.append(step.argv[0])
+        found += [step.argv[i + 1] for i, a in enumerate(step.argv[:-1]) if a == "--"]
+    return list(dict.fromkeys(found))
+
+
+def check(plan: Plan, facts: Facts) -> None:
+    require_root("apply")
+    missing = [t for t in tools(plan) if shutil.which(t) is None]
+    if not os.path.exists(facts.busybox) and any(facts.busybox in s.argv for s in plan.steps):
+        missing.append("busybox")
+    if missing:
+        pkgs = sorted({PACKAGES.get(t, "coreutils") for t in missing})
+        raise UsageError(f"missing {', '.join(missing)}: install with `apt-get install {' '.join(pkgs)}`")
+

@@ -1,0 +1,32 @@
+"""Plan -> text for `ctrsh plan`: the commands, phase by phase, each with its why.
+
+The output is itself valid shell (notes are comments), like the trace and the
+export, so a learner can copy any part of it.
+"""
+
+from __future__ import annotations
+
+from itertools import groupby
+
+from .plan import PHASES, Plan
+
+
+def render_plan(plan: Plan) -> str:
+    lines = [
+        f'# ctrsh plan: container "{plan.name}" from {plan.source}: {len(plan.steps)} steps. Nothing has been run.',
+        "# `ctrsh apply` runs these in order; if one fails, the undos of those before it run in reverse.",
+    ]
+    for phase, steps in plan.by_phase():
+        lines += ["", f"# == {phase}: {PHASES[phase]} =="]
+        for creates, group in groupby(steps, key=lambda s: s.creates):
+            if creates:
+                lines.append(f"# (skipped while {creates} exists)")
+            for step in group:
+                lines.append(f"# {step.why}")
+                if step.undo_command:
+                    lines.append(f"#   undo: {step.undo_command}")
+                lines.append(step.command)
+    undos = [s.undo_command for s in reversed(plan.steps) if s.undo_command]
+    lines += ["", "# == teardown: when the container exits, undo in reverse =="]
+    lines += [f"#   {u}" for u in undos]
+    return "\n".join(lines) + "\n"
