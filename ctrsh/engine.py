@@ -68,10 +68,18 @@ class Journal:
     """The undos of what has run, on disk, so `ctrsh destroy` can finish the job after a crash."""
 
     path: str
-    undos: list[Argv] = field(default_factory=list)
+    entries: list[tuple[Argv, str | None]] = field(default_factory=list)  # (undo, the `creates` it belongs to)
 
-    def record(self, undo: Argv) -> None:
-        self.undos.append(undo)
+    @property
+    def undos(self) -> list[Argv]:
+        return [undo for undo, _ in self.entries]
+
+    def record(self, step: Step) -> None:
+        if step.undo:
+            self.entries.append((step.undo, step.creates))
+        if step.creates and os.path.lexists(step.creates):
+            # The cached result is complete: the undos that cleaned up a half-built one are moot.
+            self.entries = [e for e in self.entries if e[1] != step.creates]
         self.save()
 
     def save(self) -> None:
@@ -224,8 +232,7 @@ def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace) -> int:
                         run_step(step.argv)
                     except StepFailed as e:
                         raise StepFailed(f"step {index} of {total} failed ({step.phase}): {e}") from None
-                if step.undo:
-                    journal.record(step.undo)
+                journal.record(step)
     except BaseException as e:
         failed = undo_all(journal.undos, trace, mnt_nsfile)
         why = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "failed"

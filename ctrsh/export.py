@@ -49,12 +49,12 @@ def export_script(plan: Plan) -> str:
         for creates, group in groupby(steps, key=lambda s: s.creates):
             indent = "  " if creates else ""
             if creates:
-                out.append(f"if [[ ! -e {shlex.quote(creates)} ]]; then  # build once, reuse after\n")
+                out.append(f"if [[ ! -e {shlex.quote(creates)} ]]; then  # build once, reuse after\n  n=${{#undo[@]}}\n")
             for step in group:
                 out.append(f"{indent}# {step.why}\n{indent}{step.command}\n")
                 if step.undo_command:
                     out.append(f"{indent}undo+=({shlex.quote(step.undo_command)})\n")
             if creates:
-                out.append("fi\n")
+                out.append('  undo=("${undo[@]:0:n}")  # built: its clean-up undos are moot\nfi\n')
     out.append("\n# The EXIT trap now tears everything down: the undos above, newest first.\n")
     return "".join(out)

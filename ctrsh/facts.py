@@ -42,6 +42,14 @@ class Paths:
         return f"{self.ns}/{kind}"
 
     @property
+    def upper(self) -> str:
+        return f"{self.state}/upper"
+
+    @property
+    def work(self) -> str:
+        return f"{self.state}/work"
+
+    @property
     def rootfs(self) -> str:
         return f"{self.state}/rootfs"
 
@@ -53,6 +61,10 @@ class Paths:
     @property
     def journal(self) -> str:
         return f"{self.state}/journal"
+
+    @property
+    def dev_template(self) -> str:
+        return f"{self.facts.data_dir}/dev"
 
     def image(self, kind: str) -> str:
         return f"{self.facts.data_dir}/images/{kind}"

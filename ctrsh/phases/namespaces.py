@@ -24,15 +24,16 @@ def steps(c: Context) -> list[Step]:
         ),
         Step(
             "namespaces",
-            ("mkdir", p.state, p.ns),
-            "This container's state; mkdir fails if it exists, so two containers never share a name.",
+            ("mkdir", p.state, p.ns, p.upper, p.work, p.rootfs),
+            "This container's state: namespace files, writable layer, overlay scratch, root mount point. "
+            "mkdir fails if it exists, so two containers never share a name.",
             undo=("rm", "-rf", "--one-file-system", p.state),
         ),
         Step(
             "namespaces",
             ("mount", "--bind", "--make-private", p.ns, p.ns),
             "A private mount point to hold namespace files: the kernel refuses them under a shared mount.",
-            undo=("umount", p.ns),
+            undo=("umount", "--recursive", p.ns),  # also drops the namespace files bound inside it
         ),
         Step("namespaces", ("touch", *files), "Empty files that namespaces will be bound to, keeping them alive."),
     ]
@@ -45,22 +46,18 @@ def steps(c: Context) -> list[Step]:
                 undo=("ip", "netns", "delete", p.netns),
             )
         )
-    flags = [f"--{k}={f}" for k, f in zip(persisted, files)]
+    flags = [f"--{k}={f}" for k, f in zip(persisted, files, strict=True)]
+    if c.hostname is not None:
+        command: tuple[str, ...] = ("hostname", c.hostname)
+        then = "then set the hostname inside them (the host's is untouched)"
+    else:
+        command, then = ("true",), "`true` exits at once; the files keep them alive"
     out.append(
         Step(
             "namespaces",
-            ("unshare", *flags, "--propagation", "private", "true"),
-            "Create the namespaces and bind each to its file; `true` exits at once, the files keep them. "
+            ("unshare", *flags, "--propagation", "private", *command),
+            f"Create the namespaces, bind each to its file, {then}. "
             "Private propagation: no mount made inside ever reaches the host.",
-            undo=("umount", *files),
         )
     )
-    if c.hostname is not None:
-        out.append(
-            Step(
-                "namespaces",
-                (*c.nsenter("uts"), "hostname", c.hostname),
-                "Set the hostname in the container's own UTS namespace; the host's is untouched.",
-            )
-        )
     return out

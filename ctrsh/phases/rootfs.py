@@ -7,8 +7,12 @@ IMAGE.tmp and is renamed at the end, so a half-built image is never used.
 
 from __future__ import annotations
 
-from ..plan import Step
+from ..plan import Argv, Step
 from . import Context
+
+DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+DEV_LINKS = (("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"),
+             ("/proc/self/fd/2", "stderr"), ("pts/ptmx", "ptmx"))
 
 # For each applet path busybox lists (bin/ls, usr/bin/env), a link relative to
 # its directory (../bin/busybox, ../../bin/busybox): relative links stay right
@@ -28,10 +32,14 @@ LAYOUT = ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "etc", "ro
 
 
 def steps(c: Context) -> list[Step]:
+    return busybox_image(c) + dev_template(c)
+
+
+def busybox_image(c: Context) -> list[Step]:
     image = c.paths.image("busybox")
     tmp = f"{image}.tmp"
 
-    def build(argv: tuple[str, ...], why: str, undo: tuple[str, ...] | None = None) -> Step:
+    def build(argv: Argv, why: str, undo: Argv | None = None) -> Step:
         return Step("rootfs", argv, why, undo=undo, creates=image)
 
     return [
@@ -52,3 +60,35 @@ def steps(c: Context) -> list[Step]:
         build(("sh", "-c", WRITE_ETC, "ctrsh-etc", tmp), "Minimal /etc/passwd and /etc/group, so tools show user names."),
         build(("mv", "-T", tmp, image), "Publish the finished image in one rename; later applies reuse it."),
     ]
+
+
+def dev_template(c: Context) -> list[Step]:
+    """The contents of every container's /dev, made once with mknod and ln, copied in at each start.
+
+    Copying a template (`cp -a`) is one command per container instead of a
+    dozen; the nodes themselves are made here, where a learner can see them.
+    """
+    dev = c.paths.dev_template
+    tmp = f"{dev}.tmp"
+
+    def build(argv: Argv, why: str, undo: Argv | None = None) -> Step:
+        return Step("rootfs", argv, why, undo=undo, creates=dev)
+
+    out = [
+        build(
+            ("mkdir", "-p", f"{tmp}/pts", f"{tmp}/shm"),
+            "A template for /dev, with mount points for ptys and shared memory (skipped once it exists).",
+            undo=("rm", "-rf", "--one-file-system", tmp),
+        )
+    ]
+    for name, major, minor in DEVICES:
+        out.append(
+            build(
+                ("mknod", "-m", "666", f"{tmp}/{name}", "c", str(major), str(minor)),
+                f"/dev/{name}: character device {major}:{minor}, one of the six devices every container gets.",
+            )
+        )
+    for target, name in DEV_LINKS:
+        out.append(build(("ln", "-s", target, f"{tmp}/{name}"), f"/dev/{name} -> {target}, as on any Linux."))
+    out.append(build(("mv", "-T", tmp, dev), "Publish the /dev template in one rename."))
+    return out
