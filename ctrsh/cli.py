@@ -24,15 +24,23 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-RecipeArg = Annotated[str, typer.Argument(help="Recipe file (YAML). See `ctrsh schema` and the README.", metavar="RECIPE")]
+RecipeArg = Annotated[
+    str, typer.Argument(help="Recipe file (YAML). See `ctrsh schema` and the README.", metavar="RECIPE")
+]
 StateDir = Annotated[
     str | None,
-    typer.Option("--state-dir", envvar="CTRSH_STATE_DIR", help="Runtime state (namespace files, writable layers).",
-                 show_default="/run/ctrsh"),
+    typer.Option(
+        "--state-dir",
+        envvar="CTRSH_STATE_DIR",
+        help="Runtime state (namespace files, writable layers).",
+        show_default="/run/ctrsh",
+    ),
 ]
 DataDir = Annotated[
     str | None,
-    typer.Option("--data-dir", envvar="CTRSH_DATA_DIR", help="Lasting data (built images).", show_default="/var/lib/ctrsh"),
+    typer.Option(
+        "--data-dir", envvar="CTRSH_DATA_DIR", help="Lasting data (built images).", show_default="/var/lib/ctrsh"
+    ),
 ]
 
 

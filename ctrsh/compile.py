@@ -20,7 +20,7 @@ def resolve(recipe: Recipe, facts: Facts) -> Context:
         kinds = frozenset(recipe.namespaces)
         if "cgroup" in kinds and not facts.cgroup_ns:
             problems.append(recipe.problem("namespaces", "this kernel has no cgroup namespaces; remove 'cgroup'"))
-    hostname = recipe.hostname or recipe.name
+    hostname: str | None = recipe.hostname or recipe.name
     if "uts" not in kinds:
         if recipe.hostname is not None:
             problems.append(

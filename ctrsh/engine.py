@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, TextIO
@@ -189,10 +189,8 @@ def kill_leftovers(mnt_nsfile: str, trace: Trace) -> None:
         trace.note("processes still in the container:")
         trace.command("kill -KILL " + " ".join(map(str, pids)))
         for pid in pids:
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def undo_all(undos: list[Argv], trace: Trace, mnt_nsfile: str) -> list[str]:
@@ -236,7 +234,9 @@ def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace) -> int:
     except BaseException as e:
         failed = undo_all(journal.undos, trace, mnt_nsfile)
         why = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "failed"
-        trace.note(f"{why}: rolled back {len(journal.undos)} steps" + (f", {len(failed)} undo(s) failed" if failed else ""))
+        trace.note(
+            f"{why}: rolled back {len(journal.undos)} steps" + (f", {len(failed)} undo(s) failed" if failed else "")
+        )
         for f in failed:
             print(f"ctrsh: undo failed: {f}", file=sys.stderr)
         raise

@@ -49,7 +49,9 @@ def export_script(plan: Plan) -> str:
         for creates, group in groupby(steps, key=lambda s: s.creates):
             indent = "  " if creates else ""
             if creates:
-                out.append(f"if [[ ! -e {shlex.quote(creates)} ]]; then  # build once, reuse after\n  n=${{#undo[@]}}\n")
+                out.append(
+                    f"if [[ ! -e {shlex.quote(creates)} ]]; then  # build once, reuse after\n  n=${{#undo[@]}}\n"
+                )
             for step in group:
                 out.append(f"{indent}# {step.why}\n{indent}{step.command}\n")
                 if step.undo_command:

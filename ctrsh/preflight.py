@@ -46,4 +46,3 @@ def check(plan: Plan, facts: Facts) -> None:
     if missing:
         pkgs = sorted({PACKAGES.get(t, "coreutils") for t in missing})
         raise UsageError(f"missing {', '.join(missing)}: install with `apt-get install {' '.join(pkgs)}`")
-

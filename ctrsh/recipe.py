@@ -107,7 +107,8 @@ class Recipe:
     rootfs: Rootfs = field(metadata={"doc": "Where the root filesystem comes from."})
     process: Process = field(metadata={"doc": "What runs inside."})
     hostname: str | None = field(
-        default=None, metadata={"doc": "Hostname inside (needs the uts namespace). Default: the name.", "check": check_hostname}
+        default=None,
+        metadata={"doc": "Hostname inside (needs the uts namespace). Default: the name.", "check": check_hostname},
     )
     namespaces: list[Namespace] | None = field(
         default=None,
@@ -153,7 +154,8 @@ def parse(text: str, file: str) -> Recipe:
         loader.dispose()
     if checker.problems:
         raise RecipeError(checker.problems)
-    return dataclasses.replace(recipe, positions=checker.positions, file=file)
+    loaded: Recipe = dataclasses.replace(recipe, positions=checker.positions, file=file)
+    return loaded
 
 
 def load(path: str) -> Recipe:

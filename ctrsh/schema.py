@@ -101,7 +101,8 @@ class Checker:
         if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = node.value  # `sleep 10`: keep the text as written, not a float's repr
         if type(value) is not hint:
-            return self.error(node, f"{path}: expected {_KIND[hint]}, got {describe(node, value)}")
+            quote = f"; quote it to mean the text: '{node.value}'" if hint is str and isinstance(value, bool) else ""
+            return self.error(node, f"{path}: expected {_KIND[hint]}, got {describe(node, value)}{quote}")
         if isinstance(value, str) and "\0" in value:
             return self.error(node, f"{path}: contains a NUL byte, which no command argument can hold")
         return value
@@ -111,9 +112,9 @@ class Checker:
         if value in choices:
             return value
         hint = difflib.get_close_matches(str(value), choices, n=1)
-        known = ", ".join(choices)
-        extra = f"; did you mean {hint[0]!r}?" if hint else f" (one of: {known})"
-        return self.error(node, f"{path}: unknown value {describe(node, value)}{extra}")
+        extra = f"; did you mean {hint[0]!r}?" if hint else ""
+        shown = repr(node.value) if isinstance(node, ScalarNode) else describe(node, value)
+        return self.error(node, f"{path}: unknown value {shown}{extra} (one of: {', '.join(choices)})")
 
     def _list(self, node: Node, item: Any, path: str) -> Any:
         if not isinstance(node, SequenceNode):
@@ -156,9 +157,11 @@ class Checker:
         fields = public_fields(cls)
         hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
+        misspelt: set[str] = set()  # fields a typo probably meant: not also reported as missing
         for key, knode, vnode in pairs:
             if key not in fields:
                 hint = difflib.get_close_matches(key, list(fields), n=1)
+                misspelt.update(hint)
                 where = f" in {path}" if path else ""
                 extra = f"; did you mean {hint[0]!r}?" if hint else f" (known: {', '.join(fields)})"
                 self.error(knode, f"unknown key {key!r}{where}{extra}")
@@ -171,7 +174,7 @@ class Checker:
             values[key] = value
         required = [f.name for f in fields.values() if _is_required(f)]
         for name in required:
-            if name not in values:
+            if name not in values and name not in misspelt:
                 self.error(node, f"missing required key {join(path, name)!r}")
         if getattr(cls, "one_of", False) and len(values) != 1 and not any(v is INVALID for v in values.values()):
             options = ", ".join(fields)
@@ -213,7 +216,7 @@ def json_schema(cls: type) -> dict[str, Any]:
 def _schema_of(hint: Any) -> dict[str, Any]:
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        inner = [a for a in typing.get_args(hint) if a is not type(None)][0]
+        inner = next(a for a in typing.get_args(hint) if a is not type(None))
         return _schema_of(inner)
     if dataclasses.is_dataclass(hint):
         return json_schema(typing.cast(type, hint))

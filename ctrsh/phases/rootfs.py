@@ -11,8 +11,13 @@ from ..plan import Argv, Step
 from . import Context
 
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
-DEV_LINKS = (("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"),
-             ("/proc/self/fd/2", "stderr"), ("pts/ptmx", "ptmx"))
+DEV_LINKS = (
+    ("/proc/self/fd", "fd"),
+    ("/proc/self/fd/0", "stdin"),
+    ("/proc/self/fd/1", "stdout"),
+    ("/proc/self/fd/2", "stderr"),
+    ("pts/ptmx", "ptmx"),
+)
 
 # For each applet path busybox lists (bin/ls, usr/bin/env), a link relative to
 # its directory (../bin/busybox, ../../bin/busybox): relative links stay right
@@ -24,7 +29,7 @@ for p in $(bin/busybox --list-full); do
 done"""
 
 # Enough account data for `id`, `ps` and `ls -l` to show names.
-WRITE_ETC = r"""printf "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n" >"$1/etc/passwd"
+WRITE_ETC = r"""printf "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n" >"$1/etc/passwd"
 printf "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n" >"$1/etc/group"
 """
 
@@ -57,7 +62,7 @@ def busybox_image(c: Context) -> list[Step]:
             ("sh", "-c", LINK_APPLETS, "ctrsh-link", tmp),
             "One relative symlink per applet (usr/bin/env -> ../../bin/busybox), valid wherever the tree is mounted.",
         ),
-        build(("sh", "-c", WRITE_ETC, "ctrsh-etc", tmp), "Minimal /etc/passwd and /etc/group, so tools show user names."),
+        build(("sh", "-c", WRITE_ETC, "ctrsh-etc", tmp), "Minimal /etc/passwd and /etc/group, so tools show names."),
         build(("mv", "-T", tmp, image), "Publish the finished image in one rename; later applies reuse it."),
     ]
 

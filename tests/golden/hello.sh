@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Container "hello", exported by ctrsh 0.1.0 from recipes/hello.yaml.
+# It runs the same commands as `ctrsh apply recipes/hello.yaml`, with plain bash.
+# Run it as root. Everything it changes on the host is undone when it exits,
+# fails or is interrupted: each step that changes the host registers its undo.
+# shellcheck disable=SC2016  # '$1' in single quotes is for the inner sh, by design
+set -euo pipefail
+
+if [[ $EUID -ne 0 ]]; then
+  echo "$0: run this as root, e.g. sudo bash $0" >&2
+  exit 1
+fi
+
+undo=()  # commands that reverse what has run, oldest first
+cleanup() {
+  local rc=$? i
+  trap - EXIT INT TERM HUP
+  for ((i = ${#undo[@]} - 1; i >= 0; i--)); do
+    eval "${undo[i]}" || echo "$0: undo failed: ${undo[i]}" >&2
+  done
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# == rootfs: provide the root filesystem ==
+if [[ ! -e /var/lib/ctrsh/images/busybox ]]; then  # build once, reuse after
+  n=${#undo[@]}
+  # Lay out a new busybox image beside its final place (skipped once the image exists).
+  mkdir -p /var/lib/ctrsh/images/busybox.tmp/bin /var/lib/ctrsh/images/busybox.tmp/sbin /var/lib/ctrsh/images/busybox.tmp/usr/bin /var/lib/ctrsh/images/busybox.tmp/usr/sbin /var/lib/ctrsh/images/busybox.tmp/dev /var/lib/ctrsh/images/busybox.tmp/proc /var/lib/ctrsh/images/busybox.tmp/sys /var/lib/ctrsh/images/busybox.tmp/etc /var/lib/ctrsh/images/busybox.tmp/root /var/lib/ctrsh/images/busybox.tmp/tmp
+  undo+=('rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp')
+  # /tmp is writable by all, with the sticky bit, as on any Linux.
+  chmod 1777 /var/lib/ctrsh/images/busybox.tmp/tmp
+  # A static busybox needs no libraries: this one file is every command in the image.
+  cp /bin/busybox /var/lib/ctrsh/images/busybox.tmp/bin/busybox
+  # One relative symlink per applet (usr/bin/env -> ../../bin/busybox), valid wherever the tree is mounted.
+  sh -c 'cd "$1"
+for p in $(bin/busybox --list-full); do
+  case $p in */*/*) t=../../bin/busybox ;; *) t=../bin/busybox ;; esac
+  [ -e "$p" ] || ln -s "$t" "$p"
+done' ctrsh-link /var/lib/ctrsh/images/busybox.tmp
+  # Minimal /etc/passwd and /etc/group, so tools show names.
+  sh -c 'printf "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n" >"$1/etc/passwd"
+printf "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n" >"$1/etc/group"
+' ctrsh-etc /var/lib/ctrsh/images/busybox.tmp
+  # Publish the finished image in one rename; later applies reuse it.
+  mv -T /var/lib/ctrsh/images/busybox.tmp /var/lib/ctrsh/images/busybox
+  undo=("${undo[@]:0:n}")  # built: its clean-up undos are moot
+fi
+if [[ ! -e /var/lib/ctrsh/dev ]]; then  # build once, reuse after
+  n=${#undo[@]}
+  # A template for /dev, with mount points for ptys and shared memory (skipped once it exists).
+  mkdir -p /var/lib/ctrsh/dev.tmp/pts /var/lib/ctrsh/dev.tmp/shm
+  undo+=('rm -rf --one-file-system /var/lib/ctrsh/dev.tmp')
+  # /dev/null: character device 1:3, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp/null c 1 3
+  # /dev/zero: character device 1:5, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp/zero c 1 5
+  # /dev/full: character device 1:7, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp/full c 1 7
+  # /dev/random: character device 1:8, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp/random c 1 8
+  # /dev/urandom: character device 1:9, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp/urandom c 1 9
+  # /dev/tty: character device 5:0, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp/tty c 5 0
+  # /dev/fd -> /proc/self/fd, as on any Linux.
+  ln -s /proc/self/fd /var/lib/ctrsh/dev.tmp/fd
+  # /dev/stdin -> /proc/self/fd/0, as on any Linux.
+  ln -s /proc/self/fd/0 /var/lib/ctrsh/dev.tmp/stdin
+  # /dev/stdout -> /proc/self/fd/1, as on any Linux.
+  ln -s /proc/self/fd/1 /var/lib/ctrsh/dev.tmp/stdout
+  # /dev/stderr -> /proc/self/fd/2, as on any Linux.
+  ln -s /proc/self/fd/2 /var/lib/ctrsh/dev.tmp/stderr
+  # /dev/ptmx -> pts/ptmx, as on any Linux.
+  ln -s pts/ptmx /var/lib/ctrsh/dev.tmp/ptmx
+  # Publish the /dev template in one rename.
+  mv -T /var/lib/ctrsh/dev.tmp /var/lib/ctrsh/dev
+  undo=("${undo[@]:0:n}")  # built: its clean-up undos are moot
+fi
+
+# == namespaces: create the namespaces, persisted as files so each later step can enter them ==
+# ctrsh's runtime state lives here (removed again when no container uses it).
+mkdir -p /run/ctrsh
+undo+=('rmdir --ignore-fail-on-non-empty /run/ctrsh')
+# This container's state: namespace files, writable layer, overlay scratch, root mount point. mkdir fails if it exists, so two containers never share a name.
+mkdir /run/ctrsh/hello /run/ctrsh/hello/ns /run/ctrsh/hello/upper /run/ctrsh/hello/work /run/ctrsh/hello/rootfs
+undo+=('rm -rf --one-file-system /run/ctrsh/hello')
+# A private mount point to hold namespace files: the kernel refuses them under a shared mount.
+mount --bind --make-private /run/ctrsh/hello/ns /run/ctrsh/hello/ns
+undo+=('umount --recursive /run/ctrsh/hello/ns')
+# Empty files that namespaces will be bound to, keeping them alive.
+touch /run/ctrsh/hello/ns/mnt /run/ctrsh/hello/ns/uts /run/ctrsh/hello/ns/ipc
+# A network namespace, kept alive at /run/netns/ctrsh-hello: only lo, and it is down.
+ip netns add ctrsh-hello
+undo+=('ip netns delete ctrsh-hello')
+# Create the namespaces, bind each to its file, then set the hostname inside them (the host's is untouched). Private propagation: no mount made inside ever reaches the host.
+unshare --mount=/run/ctrsh/hello/ns/mnt --uts=/run/ctrsh/hello/ns/uts --ipc=/run/ctrsh/hello/ns/ipc --propagation private hostname hello
+
+# == filesystem: assemble the container's mounts inside its own mount namespace ==
+# Root filesystem: the shared image read-only below, this container's own writes above (upper).
+nsenter --mount=/run/ctrsh/hello/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/busybox,upperdir=/run/ctrsh/hello/upper,workdir=/run/ctrsh/hello/work /run/ctrsh/hello/rootfs
+# A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
+nsenter --mount=/run/ctrsh/hello/ns/mnt -- mount -t tmpfs -o nosuid,strictatime,mode=0755,size=65536k tmpfs /run/ctrsh/hello/rootfs/dev
+# Fill /dev from the template: six devices, the fd links, the pts and shm mount points.
+nsenter --mount=/run/ctrsh/hello/ns/mnt -- cp -a /var/lib/ctrsh/dev/. /run/ctrsh/hello/rootfs/dev/
+# The container's own pty instance (newinstance): it cannot see the host's terminals.
+nsenter --mount=/run/ctrsh/hello/ns/mnt -- mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts /run/ctrsh/hello/rootfs/dev/pts
+# /dev/shm for POSIX shared memory, private to the container, 64 MiB as in Docker.
+nsenter --mount=/run/ctrsh/hello/ns/mnt -- mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=65536k shm /run/ctrsh/hello/rootfs/dev/shm
+# /sys read-only, mounted from the container's network namespace so it lists only its interfaces.
+nsenter --mount=/run/ctrsh/hello/ns/mnt --net=/run/netns/ctrsh-hello -- mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /run/ctrsh/hello/rootfs/sys
+
+# == network: configure the network namespace ==
+# Bring up loopback: a new network namespace starts with lo down.
+ip -n ctrsh-hello link set lo up
+
+# == process: start the container's PID 1 ==
+# Enter the namespaces, fork PID 1 of a new PID namespace, mount its /proc, pivot_root into the rootfs, drop the old root, and exec the command with a clean environment.
+nsenter --mount=/run/ctrsh/hello/ns/mnt --uts=/run/ctrsh/hello/ns/uts --ipc=/run/ctrsh/hello/ns/ipc --net=/run/netns/ctrsh-hello -- unshare --pid --cgroup --fork --kill-child -- sh -euc 'mount -t proc -o nosuid,nodev,noexec proc "$1/proc"
+cd "$1"
+mkdir -p .oldroot
+pivot_root . .oldroot
+umount -l /.oldroot
+rmdir /.oldroot
+cd "$2"
+shift 2
+exec "$@"
+' ctrsh-start /run/ctrsh/hello/rootfs / env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root HOSTNAME=hello /bin/sh -c 'echo "hello from $(hostname), pid $$"; ps'
+
+# The EXIT trap now tears everything down: the undos above, newest first.

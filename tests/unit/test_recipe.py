@@ -1,0 +1,106 @@
+"""Recipe loading: every kind of error gives FILE:LINE:COL and an exact message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ctrsh.errors import RecipeError
+from ctrsh.recipe import Busybox, load, parse, recipe_schema
+
+OK = "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n"
+
+CASES = [
+    ("yaml syntax", "name: x\nrootfs: [a\n",
+     "r.yaml:3:1: YAML syntax error: while parsing a flow sequence did not find expected ',' or ']'"),
+    ("tab indentation", "name: x\n\trootfs: 1\n",
+     "r.yaml:2:1: YAML syntax error: while scanning a plain scalar found a tab character that violates indentation"),
+    ("unknown key", "name: x\nrootfs: {busybox: {}}\nhostnme: a\nprocess: {args: [a]}\n",
+     "r.yaml:3:1: unknown key 'hostnme'; did you mean 'hostname'?"),
+    ("unknown nested key, not also 'missing'", "name: x\nrootfs: {busybox: {}}\nprocess:\n  arg: [a]\n",
+     "r.yaml:4:3: unknown key 'arg' in process; did you mean 'args'?"),
+    ("unknown key, no near match", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a], zzz: 1}\n",
+     "r.yaml:3:22: unknown key 'zzz' in process (known: args, env, cwd)"),
+    ("wrong type", "name: x\nrootfs: {busybox: {}}\nprocess:\n  args: /bin/sh\n",
+     "r.yaml:4:9: process.args: expected a list, got a string ('/bin/sh')"),
+    ("boolean for a string", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a, yes]}\n",
+     "r.yaml:3:21: process.args[1]: expected a string, got a boolean (yes); quote it to mean the text: 'yes'"),
+    ("duplicate key", "name: x\nname: y\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
+     "r.yaml:2:1: duplicate key 'name' (first set on line 1)"),
+    ("missing key", "name: x\nrootfs: {busybox: {}}\n", "r.yaml:1:1: missing required key 'process'"),
+    ("name with a space", "name: my app\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
+     "r.yaml:1:7: name: 'my app' is not a valid container name: use 1-63 lowercase letters, digits and '-', "
+     "starting and ending with a letter or digit (it names files, a network namespace and the hostname)"),
+    ("name with a slash", "name: ../etc\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
+     "r.yaml:1:7: name: '../etc' is not a valid container name: use 1-63 lowercase letters, digits and '-', "
+     "starting and ending with a letter or digit (it names files, a network namespace and the hostname)"),
+    ("bad hostname", "name: x\nhostname: -bad_host\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
+     "r.yaml:2:11: hostname: '-bad_host' is not a valid hostname: use at most 64 characters of letters, "
+     "digits, '-' and '.', each dot-separated label starting and ending with a letter or digit"),
+    ("hostname too long", f"name: x\nhostname: {'a' * 65}\nrootfs: {{busybox: {{}}}}\nprocess: {{args: [a]}}\n",
+     f"r.yaml:2:11: hostname: '{'a' * 65}' is not a valid hostname: use at most 64 characters of letters, "
+     "digits, '-' and '.', each dot-separated label starting and ending with a letter or digit"),
+    ("unknown namespace", "name: x\nnamespaces: [mount, pdi]\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
+     "r.yaml:2:21: namespaces[1]: unknown value 'pdi'; did you mean 'pid'? (one of: mount, uts, ipc, pid, net, cgroup)"),
+    ("namespaces without mount", "name: x\nnamespaces: [pid]\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
+     "r.yaml:2:13: namespaces: 'mount' is required: without its own mount namespace, "
+     "pivot_root would change the host's root"),
+    ("namespace twice", "name: x\nnamespaces: [mount, pid, pid]\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
+     "r.yaml:2:13: namespaces: 'pid' is listed twice"),
+    ("no rootfs source", "name: x\nrootfs: {}\nprocess: {args: [a]}\n", "r.yaml:2:9: rootfs: set exactly one of: busybox"),
+    ("empty file", "", "r.yaml:1:1: the recipe is empty; it needs at least name, rootfs and process"),
+    ("not a mapping", "- a\n", "r.yaml:1:1: recipe: expected a mapping, got a list"),
+    ("bad env name", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a], env: {1A: b}}\n",
+     "r.yaml:3:27: process.env: '1A' is not a valid variable name (letters, digits and '_', not starting with a digit)"),
+    ("relative cwd", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a], cwd: tmp}\n",
+     "r.yaml:3:27: process.cwd: 'tmp' must be an absolute path inside the container"),
+    ("empty args", "name: x\nrootfs: {busybox: {}}\nprocess: {args: []}\n",
+     "r.yaml:3:17: process.args: needs at least the program to run, e.g. [/bin/sh]"),
+    ("NUL byte", 'name: x\nrootfs: {busybox: {}}\nprocess: {args: ["a\\0b"]}\n',
+     "r.yaml:3:18: process.args[0]: contains a NUL byte, which no command argument can hold"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_error_message_and_position(text: str, expected: str) -> None:
+    with pytest.raises(RecipeError) as e:
+        parse(text, "r.yaml")
+    assert str(e.value) == expected
+    assert e.value.exit_code == 2
+
+
+def test_all_errors_reported_in_file_order() -> None:
+    text = "name: A\nrootfs: {busybox: {}}\nprocess: {args: [a], cwd: rel}\nextra: 1\n"
+    with pytest.raises(RecipeError) as e:
+        parse(text, "r.yaml")
+    assert [(p.line, p.col) for p in e.value.problems] == [(1, 7), (3, 27), (4, 1)]
+
+
+def test_valid_recipe_and_defaults() -> None:
+    r = parse("name: web-1\nrootfs:\n  busybox:\nprocess: {args: [sleep, 10]}\n", "r.yaml")
+    assert r.name == "web-1"
+    assert r.rootfs.busybox == Busybox()  # `busybox:` with no value means "with defaults"
+    assert r.process.args == ["sleep", "10"]  # numbers keep their written text
+    assert (r.process.env, r.process.cwd, r.hostname, r.namespaces) == ({}, "/", None, None)
+    assert r.problem("process.args", "m").line == 4
+
+
+def test_unreadable_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RecipeError) as e:
+        load(str(tmp_path / "nope.yaml"))
+    assert str(e.value) == f"{tmp_path}/nope.yaml:1:1: cannot read recipe: No such file or directory"
+
+
+def test_ok_baseline_parses() -> None:
+    assert parse(OK, "r.yaml").name == "x"
+
+
+def test_json_schema_matches_the_loader() -> None:
+    s = recipe_schema()
+    json.dumps(s)
+    assert s["required"] == ["name", "rootfs", "process"]
+    assert s["additionalProperties"] is False
+    assert set(s["properties"]) == {"name", "rootfs", "process", "hostname", "namespaces"}
+    assert s["properties"]["namespaces"]["items"]["enum"] == ["mount", "uts", "ipc", "pid", "net", "cgroup"]
+    assert s["properties"]["rootfs"]["maxProperties"] == 1
