@@ -71,8 +71,8 @@ def apply(
     from . import engine, preflight
     from .facts import Paths
 
-    preflight.check(plan, facts)
     paths = Paths(facts, plan.name)
+    preflight.check(plan, facts, paths)
     try:
         code = engine.apply(plan, paths.journal, paths.nsfile("mnt"), engine.Trace(quiet=quiet))
     except KeyboardInterrupt:
@@ -162,6 +162,7 @@ def main() -> NoReturn:
     try:
         app()
     except CtrshError as e:
-        print(e if type(e).__name__ == "RecipeError" else f"ctrsh: {e}", file=sys.stderr)
+        if not e.reported:
+            print(e if type(e).__name__ == "RecipeError" else f"ctrsh: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     sys.exit(0)

@@ -150,19 +150,53 @@ def interrupts_roll_back() -> Iterator[None]:
             signal.signal(s, h)
 
 
-@contextmanager
-def sigint_goes_to_container() -> Iterator[None]:
-    """While the container runs, Ctrl-C is the container's business (as in a shell).
+@dataclass
+class CtrlC:
+    """Ctrl-C while the container runs: the container's business first, as in a shell.
 
-    A no-op handler, not SIG_IGN: ignored signals stay ignored across exec, and
-    the container must see its Ctrl-C. The terminal delivers it to the container;
-    ctrsh just keeps waiting, and tears down when the container exits.
+    The terminal delivers SIGINT to the container too. An interactive shell
+    catches it and carries on, so ctrsh keeps waiting. But PID 1 of a PID
+    namespace ignores any signal it has no handler for (the kernel protects
+    init), so `sleep` would never stop; then ctrsh stops the container itself,
+    as `docker run --init` would. A no-op handler, not SIG_IGN: ignored signals
+    stay ignored across exec, and the container must be able to see its Ctrl-C.
     """
-    old = signal.signal(signal.SIGINT, lambda signum, frame: None)
+
+    mnt_nsfile: str
+    trace: Trace
+    stopped: bool = False
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        pids = container_pids(self.mnt_nsfile)
+        if any(_is_init(pid) and not _catches(pid, signum) for pid in pids):
+            self.stopped = True
+            kill_leftovers(self.mnt_nsfile, self.trace, "Ctrl-C: the container's PID 1 ignores it, so stop the container")
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        old = signal.signal(signal.SIGINT, self.handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+
+def _status(pid: int, field: str) -> str:
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
+        with open(f"/proc/{pid}/status") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith(field + ":")), "")
+    except OSError:
+        return ""
+
+
+def _is_init(pid: int) -> bool:
+    """PID 1 of a PID namespace below ours (NSpid lists the pid in each namespace level)."""
+    levels = _status(pid, "NSpid").split()
+    return len(levels) > 1 and levels[-1] == "1"
+
+
+def _catches(pid: int, signum: int) -> bool:
+    return bool(int(_status(pid, "SigCgt") or "0", 16) & (1 << (signum - 1)))
 
 
 def container_pids(mnt_nsfile: str) -> list[int]:
@@ -182,11 +216,11 @@ def container_pids(mnt_nsfile: str) -> list[int]:
     return pids
 
 
-def kill_leftovers(mnt_nsfile: str, trace: Trace) -> None:
+def kill_leftovers(mnt_nsfile: str, trace: Trace, why: str = "processes still in the container") -> None:
     """Kill what still runs in the container (after ctrsh itself was interrupted or killed)."""
     pids = [p for p in container_pids(mnt_nsfile) if p != os.getpid()]
     if pids:
-        trace.note("processes still in the container:")
+        trace.note(f"{why}:")
         trace.command("kill -KILL " + " ".join(map(str, pids)))
         for pid in pids:
             with suppress(ProcessLookupError):
@@ -223,8 +257,11 @@ def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace) -> int:
                     continue
                 trace.step(step)
                 if step.foreground:
-                    with sigint_goes_to_container():
+                    ctrl_c = CtrlC(mnt_nsfile, trace)
+                    with ctrl_c.active():
                         code = run_foreground(step.argv)
+                    if ctrl_c.stopped:
+                        code = 128 + signal.SIGINT
                 else:
                     try:
                         run_step(step.argv)
@@ -232,6 +269,9 @@ def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace) -> int:
                         raise StepFailed(f"step {index} of {total} failed ({step.phase}): {e}") from None
                 journal.record(step)
     except BaseException as e:
+        if isinstance(e, StepFailed):  # say what failed before the rollback output, not after it
+            print(f"ctrsh: {e}", file=sys.stderr, flush=True)
+            e.reported = True
         failed = undo_all(journal.undos, trace, mnt_nsfile)
         why = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "failed"
         trace.note(

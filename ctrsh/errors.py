@@ -9,6 +9,7 @@ class CtrshError(Exception):
     """An error with a one-line message for the user; `exit_code` is what ctrsh exits with."""
 
     exit_code = 1
+    reported = False  # already shown to the user where it happened
 
 
 @dataclass(frozen=True)

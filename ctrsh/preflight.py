@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 
-from .errors import UsageError
-from .facts import Facts
+from .errors import CtrshError, UsageError
+from .facts import Facts, Paths
 from .plan import Plan
 
 # Debian package for each tool a plan may call, for the "install X" hint.
@@ -38,8 +38,17 @@ def tools(plan: Plan) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def check(plan: Plan, facts: Facts) -> None:
+class NameInUse(CtrshError):
+    exit_code = 125  # as `docker run` for a name conflict
+
+
+def check(plan: Plan, facts: Facts, paths: Paths) -> None:
     require_root("apply")
+    if os.path.lexists(paths.state):
+        raise NameInUse(
+            f"a container named {plan.name!r} already exists (state in {paths.state}); "
+            f"if it is left over from a crash, `ctrsh destroy {plan.name}` removes it"
+        )
     missing = [t for t in tools(plan) if shutil.which(t) is None]
     if not os.path.exists(facts.busybox) and any(facts.busybox in s.argv for s in plan.steps):
         missing.append("busybox")

@@ -1,0 +1,72 @@
+"""A snapshot of everything a container run could leave behind on the host."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+
+
+def _run(*argv: str) -> str:
+    if shutil.which(argv[0]) is None:
+        return f"({argv[0]} not installed)"
+    return subprocess.run(argv, capture_output=True, text=True).stdout
+
+
+def _mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        # mount point, fs type, source, options: not the ids, which change on any remount
+        return sorted(" ".join(line.split()[4:6] + line.split(" - ")[1].split()[:2]) for line in f)
+
+
+def _tree(root: str, depth: int) -> list[str]:
+    out = []
+    for dirpath, dirnames, files in os.walk(root):
+        level = dirpath[len(root) :].count("/")
+        if level >= depth:
+            dirnames[:] = []
+        out += [os.path.join(dirpath, n) for n in dirnames + files]
+    return sorted(out)
+
+
+def _firewall() -> str:
+    rules = _run("iptables-save") + _run("ip6tables-save")
+    rules = "\n".join(line for line in rules.splitlines() if not line.startswith("#"))
+    return re.sub(r"\[\d+:\d+\]", "", rules) + _run("nft", "list", "ruleset")
+
+
+def _processes(marker: str) -> list[str]:
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd and int(pid) != os.getpid():
+            out.append(cmd)
+    return sorted(out)
+
+
+def _data_residue(data_dir: str) -> list[str]:
+    """The data dir keeps its caches (the busybox image, the /dev template); anything else is residue."""
+    ls = lambda d: sorted(os.listdir(d)) if os.path.isdir(d) else []  # noqa: E731
+    images = [f"images/{n}" for n in ls(f"{data_dir}/images") if n != "busybox"]
+    return [n for n in ls(data_dir) if n not in ("images", "dev")] + images
+
+
+def snapshot(state_dir: str, data_dir: str) -> dict[str, object]:
+    return {
+        "mounts": _mounts(),
+        "links": sorted(line.split(":")[1].strip() for line in _run("ip", "-o", "link").splitlines()),
+        "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
+        "cgroups": _tree("/sys/fs/cgroup", 3),
+        "firewall": _firewall(),
+        "hostname": socket.gethostname(),
+        "state dir": _tree(state_dir, 9),
+        "data dir": _data_residue(data_dir),
+        "default dirs": _tree("/run/ctrsh", 2) + _tree("/var/lib/ctrsh", 1),
+        "processes": _processes(state_dir),
+    }

@@ -1,0 +1,58 @@
+"""Integration tests: real containers, as root. Each test must leave the host exactly as it found it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.hostsnap import snapshot
+
+ROOT = Path(__file__).resolve().parents[2]
+
+if os.geteuid() != 0:
+    pytest.skip("integration tests run real containers and need root", allow_module_level=True)
+
+
+@pytest.fixture(scope="session")
+def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Private state and data dirs: tests never touch a user's containers or images."""
+    base = tmp_path_factory.mktemp("ctrsh")
+    return {"CTRSH_STATE_DIR": str(base / "run"), "CTRSH_DATA_DIR": str(base / "data")}
+
+
+@pytest.fixture(autouse=True)
+def host_unchanged(dirs: dict[str, str]) -> Iterator[None]:
+    before = snapshot(dirs["CTRSH_STATE_DIR"], dirs["CTRSH_DATA_DIR"])
+    yield
+    after = snapshot(dirs["CTRSH_STATE_DIR"], dirs["CTRSH_DATA_DIR"])
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert not changed, f"the host changed: {changed}"
+
+
+class Ctrsh:
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.tmp = tmp
+
+    def cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "ctrsh", *args]
+
+    def run(self, *args: str, timeout: float = 120, **kw: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.cmd(*args), env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw
+        )  # type: ignore[call-overload, no-any-return]
+
+    def recipe(self, text: str, name: str = "recipe.yaml") -> str:
+        path = self.tmp / name
+        path.write_text(text)
+        return str(path)
+
+
+@pytest.fixture
+def ctrsh(dirs: dict[str, str], tmp_path: Path) -> Ctrsh:
+    return Ctrsh(dirs, tmp_path)
