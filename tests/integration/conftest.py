@@ -25,8 +25,16 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"CTRSH_STATE_DIR": str(base / "run"), "CTRSH_DATA_DIR": str(base / "data")}
 
 
+@pytest.fixture(scope="session")
+def netns_ready() -> None:
+    """iproute2 makes /run/netns a shared mount on its first `ip netns add` and keeps it for good.
+    That one-time setup is iproute2's, not container residue: do it before the first snapshot."""
+    subprocess.run(["ip", "netns", "add", "ctrsh-test-prep"], check=True)
+    subprocess.run(["ip", "netns", "delete", "ctrsh-test-prep"], check=True)
+
+
 @pytest.fixture(autouse=True)
-def host_unchanged(dirs: dict[str, str]) -> Iterator[None]:
+def host_unchanged(dirs: dict[str, str], netns_ready: None) -> Iterator[None]:
     before = snapshot(dirs["CTRSH_STATE_DIR"], dirs["CTRSH_DATA_DIR"])
     yield
     after = snapshot(dirs["CTRSH_STATE_DIR"], dirs["CTRSH_DATA_DIR"])

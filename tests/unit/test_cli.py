@@ -1,0 +1,109 @@
+"""The command line as a user meets it: exit codes, one-line errors, nothing run on bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ("mkdir", "mount", "umount", "touch", "ip", "unshare", "nsenter", "cp", "mv", "chmod", "sh", "ln",
+         "mknod", "rm", "rmdir", "hostname", "env", "pivot_root")  # fmt: skip
+
+
+def ctrsh(*args: str, env: dict[str, str] | None = None, user: int | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "ctrsh", *args]
+    if user is not None:  # drop root for real, as a user without sudo would run it
+        argv = [shutil.which("setpriv") or "setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+    full_env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=60)
+
+
+@pytest.fixture
+def spy_path(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A PATH where every tool ctrsh could call only records that it was called."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    for tool in TOOLS:
+        (bin_dir / tool).write_text(f"#!/bin/sh\necho {tool} \"$@\" >> {log}\n")
+        (bin_dir / tool).chmod(0o755)
+    return {"PATH": str(bin_dir), "CTRSH_STATE_DIR": str(tmp_path / "run"), "CTRSH_DATA_DIR": str(tmp_path / "data")}, log
+
+
+def test_bad_recipe_runs_nothing(tmp_path: Path, spy_path: tuple[dict[str, str], Path]) -> None:
+    env, log = spy_path
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: ok\nrootfs: {busybox: {}}\nprocess: {args: [a]}\nnetwork: {}\n")
+    r = ctrsh("apply", str(bad), env=env)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == f"{bad}:4:1: unknown key 'network' (known: name, rootfs, process, hostname, namespaces)\n"
+    assert not log.exists() and not (tmp_path / "run").exists()
+
+
+def test_plan_needs_no_root_and_runs_nothing(spy_path: tuple[dict[str, str], Path]) -> None:
+    env, log = spy_path
+    r = ctrsh("plan", "recipes/hello.yaml", env=env, user=65534 if os.geteuid() == 0 else None)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith('# ctrsh plan: container "hello" from recipes/hello.yaml')
+    assert "ip netns add ctrsh-hello\n" in r.stdout
+    assert not log.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to a real non-root user")
+def test_apply_as_non_root_is_one_line(spy_path: tuple[dict[str, str], Path]) -> None:
+    env, log = spy_path
+    r = ctrsh("apply", "recipes/hello.yaml", env=env, user=65534)
+    assert r.returncode == 2
+    assert r.stderr == "ctrsh: `ctrsh apply` needs root (namespaces, mounts): run it with sudo\n"
+    assert not log.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes first")
+def test_missing_tool_says_what_to_install(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in TOOLS:
+        if tool != "ip" and (found := subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip()):
+            (bin_dir / tool).symlink_to(found)
+    env = {"PATH": str(bin_dir), "CTRSH_STATE_DIR": str(tmp_path / "run"), "CTRSH_DATA_DIR": str(tmp_path / "d")}
+    r = ctrsh("apply", "recipes/hello.yaml", env=env)
+    assert r.returncode == 2
+    assert r.stderr == "ctrsh: missing ip: install with `apt-get install iproute2`\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_to_stdout_and_file(tmp_path: Path) -> None:
+    r = ctrsh("export", "recipes/hello.yaml")
+    assert r.returncode == 0 and r.stdout.startswith("#!/usr/bin/env bash\n")
+    out = tmp_path / "hello.sh"
+    assert ctrsh("export", "recipes/hello.yaml", "-o", str(out)).returncode == 0
+    assert out.read_text() == r.stdout and os.access(out, os.X_OK)
+
+
+def test_state_dir_option_and_env(tmp_path: Path) -> None:
+    r = ctrsh("plan", "recipes/hello.yaml", "--state-dir", "/srv/st", env={"CTRSH_DATA_DIR": "/srv/data"})
+    assert "mkdir -p /srv/st\n" in r.stdout and "lowerdir=/srv/data/images/busybox" in r.stdout
+    r = ctrsh("plan", "recipes/hello.yaml", "--state-dir", "relative/dir")
+    assert r.returncode == 2
+    assert r.stderr == (
+        "ctrsh: state dir (--state-dir or $CTRSH_STATE_DIR) must be an absolute path without ',', ':' "
+        "or newlines, and not '/': 'relative/dir'\n"
+    )
+
+
+def test_schema_is_json() -> None:
+    import json
+
+    r = ctrsh("schema")
+    assert json.loads(r.stdout)["title"] == "ctrsh recipe"
+
+
+def test_help_teaches() -> None:
+    r = ctrsh("--help")
+    assert r.returncode == 0
+    for word in ("apply", "plan", "export", "destroy", "schema"):
+        assert word in r.stdout
