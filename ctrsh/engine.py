@@ -170,7 +170,8 @@ class CtrlC:
         pids = container_pids(self.mnt_nsfile)
         if any(_is_init(pid) and not _catches(pid, signum) for pid in pids):
             self.stopped = True
-            kill_leftovers(self.mnt_nsfile, self.trace, "Ctrl-C: the container's PID 1 ignores it, so stop the container")
+            why = "Ctrl-C: the container's PID 1 ignores it, so stop the container"
+            kill_leftovers(self.mnt_nsfile, self.trace, why)
 
     @contextmanager
     def active(self) -> Iterator[None]:

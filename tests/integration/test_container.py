@@ -78,7 +78,9 @@ def test_what_the_container_sees(ctrsh: Ctrsh) -> None:
 
 
 def test_chosen_namespaces_only(ctrsh: Ctrsh) -> None:
-    recipe = inside_recipe("test-hostnet", extra="namespaces: [mount, pid]\n").replace("hostname: test-hostnet-host\n", "")
+    recipe = inside_recipe("test-hostnet", extra="namespaces: [mount, pid]\n").replace(
+        "hostname: test-hostnet-host\n", ""
+    )
     r = ctrsh.run("apply", "-q", ctrsh.recipe(recipe))
     assert r.returncode == 0, r.stderr
     ns = section(r.stdout, "ns")
@@ -95,14 +97,22 @@ def test_env_cwd_and_literal_arguments(ctrsh: Ctrsh) -> None:
     nasty = "$(touch /pwned) `id` 'q' \"d\" ; |"
     recipe = (
         "name: test-env\nrootfs: {busybox: {}}\nprocess:\n  cwd: /tmp\n  env: {GREETING: 'hi there'}\n"
-        f"  args: [/bin/sh, -c, 'pwd; echo \"$GREETING\"; echo \"$1\"; env | sort', sh, {json.dumps(nasty)}]\n"
+        f'  args: [/bin/sh, -c, \'pwd; echo "$GREETING"; echo "$1"; env | sort\', sh, {json.dumps(nasty)}]\n'
     )
     r = ctrsh.run("apply", "-q", ctrsh.recipe(recipe))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[:3] == ["/tmp", "hi there", nasty]
-    assert sorted(lines[3:]) == sorted(["GREETING=hi there", "HOME=/root", "HOSTNAME=test-env", "PWD=/tmp",
-                                        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "SHLVL=1"])
+    assert sorted(lines[3:]) == sorted(
+        [
+            "GREETING=hi there",
+            "HOME=/root",
+            "HOSTNAME=test-env",
+            "PWD=/tmp",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "SHLVL=1",
+        ]
+    )
     assert not os.path.exists("/pwned")
 
 

@@ -29,9 +29,13 @@ def spy_path(tmp_path: Path) -> tuple[dict[str, str], Path]:
     bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
     bin_dir.mkdir()
     for tool in TOOLS:
-        (bin_dir / tool).write_text(f"#!/bin/sh\necho {tool} \"$@\" >> {log}\n")
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho {tool} "$@" >> {log}\n')
         (bin_dir / tool).chmod(0o755)
-    return {"PATH": str(bin_dir), "CTRSH_STATE_DIR": str(tmp_path / "run"), "CTRSH_DATA_DIR": str(tmp_path / "data")}, log
+    return {
+        "PATH": str(bin_dir),
+        "CTRSH_STATE_DIR": str(tmp_path / "run"),
+        "CTRSH_DATA_DIR": str(tmp_path / "data"),
+    }, log
 
 
 def test_bad_recipe_runs_nothing(tmp_path: Path, spy_path: tuple[dict[str, str], Path]) -> None:
