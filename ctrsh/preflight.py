@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 
 from .errors import CtrshError, UsageError
 from .facts import Facts, Paths
@@ -52,6 +53,27 @@ def check(plan: Plan, facts: Facts, paths: Paths) -> None:
     missing = [t for t in tools(plan) if shutil.which(t) is None]
     if not os.path.exists(facts.busybox) and any(facts.busybox in s.argv for s in plan.steps):
         missing.append("busybox")
+    building = [s for s in plan.steps if s.creates and not os.path.lexists(s.creates)]
+    copies_busybox = any(facts.busybox in s.argv for s in building) and os.path.exists(facts.busybox)
+    if copies_busybox and not is_static(facts.busybox):
+        raise UsageError(
+            f"{facts.busybox} is dynamically linked: inside the container it would find no libraries; "
+            "install a static one with `apt-get install busybox-static`"
+        )
     if missing:
         pkgs = sorted({PACKAGES.get(t, "coreutils") for t in missing})
         raise UsageError(f"missing {', '.join(missing)}: install with `apt-get install {' '.join(pkgs)}`")
+
+
+def is_static(path: str) -> bool:
+    """True if the ELF file asks for no program interpreter (no PT_INTERP header): it needs no ld.so."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only; anything else is not what we expect
+            return False
+        (phoff,) = struct.unpack_from("<Q", head, 32)
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    PT_INTERP = 3
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != PT_INTERP for i in range(phnum))
