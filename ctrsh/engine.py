@@ -91,10 +91,18 @@ class Journal:
                 json.dump({"undo": self.undos}, f)
             os.replace(tmp, self.path)
 
-    @staticmethod
-    def load(path: str) -> list[Argv]:
+    def forget(self, undo: Argv) -> None:
+        """An undo has run: drop it, so a later `ctrsh destroy` does not run it again."""
+        for i in range(len(self.entries) - 1, -1, -1):
+            if self.entries[i][0] == undo:
+                del self.entries[i]
+                break
+        self.save()
+
+    @classmethod
+    def load(cls, path: str) -> Journal:
         with open(path) as f:
-            return [tuple(u) for u in json.load(f)["undo"]]
+            return cls(path, [(tuple(u), None) for u in json.load(f)["undo"]])
 
 
 def _sh() -> Any:
@@ -103,11 +111,14 @@ def _sh() -> Any:
     return sh
 
 
-def run_step(argv: Argv) -> None:
-    """Run one command to completion, raising StepFailed with its output's tail."""
+def run_step(argv: Argv, detached: bool = False) -> None:
+    """Run one command to completion, raising StepFailed with its output's tail.
+
+    detached: in a session of its own, out of reach of the terminal's Ctrl-C.
+    """
     sh = _sh()
     try:
-        sh.Command(argv[0])(*argv[1:], _tty_out=False, _in=None)
+        sh.Command(argv[0])(*argv[1:], _tty_out=False, _in=None, _new_session=detached)
     except sh.ErrorReturnCode as e:
         raise StepFailed(_failure(argv, f"exit code {e.exit_code}", e.stderr or e.stdout)) from None
     except sh.CommandNotFound:
@@ -228,20 +239,38 @@ def kill_leftovers(mnt_nsfile: str, trace: Trace, why: str = "processes still in
                 os.kill(pid, signal.SIGKILL)
 
 
-def undo_all(undos: list[Argv], trace: Trace, mnt_nsfile: str) -> list[str]:
-    """Run undos newest first, carrying on past failures; return what failed."""
+@contextmanager
+def shielded(trace: Trace) -> Iterator[None]:
+    """A teardown cut short leaves the host half-changed: let Ctrl-C and SIGTERM wait for it."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        trace.note(f"{signal.Signals(signum).name}: finishing the teardown first")
+
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def undo_all(journal: Journal, trace: Trace, mnt_nsfile: str) -> list[str]:
+    """Run the journal's undos newest first, carrying on past failures; return what failed."""
     import shlex
 
-    kill_leftovers(mnt_nsfile, trace)
     failed = []
-    if undos:
-        trace.note("teardown: undo what ran, newest first")
-    for undo in reversed(undos):
-        trace.command(shlex.join(undo))
-        try:
-            run_step(undo)
-        except StepFailed as e:
-            failed.append(str(e))
+    with shielded(trace):
+        kill_leftovers(mnt_nsfile, trace)
+        if journal.undos:
+            trace.note("teardown: undo what ran, newest first")
+        for undo in reversed(journal.undos):
+            trace.command(shlex.join(undo))
+            try:
+                run_step(undo, detached=True)
+                journal.forget(undo)
+            except StepFailed as e:
+                failed.append(str(e))
     return failed
 
 
@@ -273,15 +302,16 @@ def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace) -> int:
         if isinstance(e, StepFailed):  # say what failed before the rollback output, not after it
             print(f"ctrsh: {e}", file=sys.stderr, flush=True)
             e.reported = True
-        failed = undo_all(journal.undos, trace, mnt_nsfile)
+        done = len(journal.undos)
+        failed = undo_all(journal, trace, mnt_nsfile)
         why = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "failed"
         trace.note(
-            f"{why}: rolled back {len(journal.undos)} steps" + (f", {len(failed)} undo(s) failed" if failed else "")
+            f"{why}: rolled back {done} steps" + (f", {len(failed)} undo(s) failed" if failed else "")
         )
         for f in failed:
             print(f"ctrsh: undo failed: {f}", file=sys.stderr)
         raise
-    failed = undo_all(journal.undos, trace, mnt_nsfile)
+    failed = undo_all(journal, trace, mnt_nsfile)
     if failed:
         raise StepFailed("teardown incomplete:\n" + "\n".join(failed))
     return code
