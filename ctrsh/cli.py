@@ -70,14 +70,16 @@ def apply(
     plan, facts = _plan(recipe, state_dir, data_dir)
     from . import engine, preflight
     from .facts import Paths
+    from .signals import Interrupted
+    from .trace import Trace
 
     paths = Paths(facts, plan.name)
     preflight.check(plan, facts, paths)
     try:
-        code = engine.apply(plan, paths.journal, paths.nsfile("mnt"), engine.Trace(quiet=quiet))
+        code = engine.apply(plan, paths.journal, paths.nsfile("mnt"), Trace(quiet=quiet))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    except engine.Interrupted as e:
+    except Interrupted as e:
         raise typer.Exit(128 + e.signum) from None
     raise typer.Exit(code)
 
@@ -121,14 +123,16 @@ def destroy(
     from . import engine, preflight
     from .facts import Paths, detect
     from .recipe import check_name
+    from .trace import Trace
 
     if msg := check_name(name):
         raise UsageError(msg)
     preflight.require_root("destroy")
     paths = Paths(detect(state_dir, data_dir), name)
-    if not os.path.exists(paths.journal):
-        raise UsageError(f"no container {name!r}: {paths.journal} does not exist")
-    failed = engine.undo_all(engine.Journal.load(paths.journal), engine.Trace(), paths.nsfile("mnt"))
+    journal = engine.leftover_journal(paths)
+    if not journal.entries:
+        raise UsageError(f"no container {name!r} here: nothing of it in {paths.state}, {paths.layer} or netns")
+    failed = engine.undo_all(journal, Trace(), paths.nsfile("mnt"))
     if failed:
         raise CtrshError("teardown incomplete:\n" + "\n".join(failed))
 

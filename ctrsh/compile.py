@@ -35,4 +35,9 @@ def resolve(recipe: Recipe, facts: Facts) -> Context:
 def compile_plan(recipe: Recipe, facts: Facts) -> Plan:
     ctx = resolve(recipe, facts)
     steps = tuple(step for module in PHASE_MODULES for step in module.steps(ctx))
-    return Plan(name=recipe.name, source=recipe.file, steps=steps)
+    return Plan(name=recipe.name, source=printable(recipe.file), steps=steps)
+
+
+def printable(text: str) -> str:
+    """The recipe path goes into comments: a newline in a file name must not start a command line."""
+    return "".join(c if c.isprintable() else "?" for c in text)

@@ -29,7 +29,8 @@ fi
 undo=()  # commands that reverse what has run, oldest first
 cleanup() {{
   local rc=$? i
-  trap - EXIT INT TERM HUP
+  trap - EXIT
+  trap '' INT TERM HUP  # a teardown cut short would leave the host half-changed
   for ((i = ${{#undo[@]}} - 1; i >= 0; i--)); do
     eval "${{undo[i]}}" || echo "$0: undo failed: ${{undo[i]}}" >&2
   done
@@ -46,17 +47,21 @@ def export_script(plan: Plan) -> str:
     out = [HEADER.format(name=plan.name, version=__version__, source=plan.source)]
     for phase, steps in plan.by_phase():
         out.append(f"\n# == {phase}: {PHASES[phase]} ==\n")
-        for creates, group in groupby(steps, key=lambda s: s.creates):
+        for (creates, keep), grouped in groupby(steps, key=lambda s: (s.creates, s.keep)):
+            group = list(grouped)
             indent = "  " if creates else ""
             if creates:
-                out.append(
-                    f"if [[ ! -e {shlex.quote(creates)} ]]; then  # build once, reuse after\n  n=${{#undo[@]}}\n"
-                )
+                path = shlex.quote(creates)
+                out.append(f"if [[ ! -e {path} && ! -L {path} ]]; then  # only if missing\n")
+                if keep:
+                    out.append("  n=${#undo[@]}\n")
             for step in group:
                 out.append(f"{indent}# {step.why}\n{indent}{step.command}\n")
                 if step.undo_command:
                     out.append(f"{indent}undo+=({shlex.quote(step.undo_command)})\n")
+            if keep:
+                out.append('  undo=("${undo[@]:0:n}")  # made and kept: its clean-up undos lapse\n')
             if creates:
-                out.append('  undo=("${undo[@]:0:n}")  # built: its clean-up undos are moot\nfi\n')
+                out.append("fi\n")
     out.append("\n# The EXIT trap now tears everything down: the undos above, newest first.\n")
     return "".join(out)

@@ -18,7 +18,7 @@ DEFAULT_STATE, DEFAULT_DATA = "/run/ctrsh", "/var/lib/ctrsh"
 @dataclass(frozen=True)
 class Facts:
     state_dir: str = DEFAULT_STATE  # per-container runtime state: ns files, the writable layer
-    data_dir: str = DEFAULT_DATA  # lasting data: built images
+    data_dir: str = DEFAULT_DATA  # lasting data: built images; containers' writable layers while they run
     busybox: str = "/bin/busybox"  # the host's static busybox, copied into the busybox image
     cgroup_ns: bool = True  # the kernel has cgroup namespaces
 
@@ -42,12 +42,17 @@ class Paths:
         return f"{self.ns}/{kind}"
 
     @property
+    def layer(self) -> str:
+        """The container's writable layer: on disk like Docker's, not in /run's RAM, which it could fill."""
+        return f"{self.facts.data_dir}/containers/{self.name}"
+
+    @property
     def upper(self) -> str:
-        return f"{self.state}/upper"
+        return f"{self.layer}/upper"
 
     @property
     def work(self) -> str:
-        return f"{self.state}/work"
+        return f"{self.layer}/work"
 
     @property
     def rootfs(self) -> str:
@@ -71,10 +76,15 @@ class Paths:
 
 
 def check_dir(path: str, what: str) -> str:
-    # ',' and ':' separate overlayfs options and layers; such a path cannot be a layer.
-    if not path.startswith("/") or any(c in path for c in ",:\n") or path.rstrip("/") == "":
-        raise UsageError(f"{what} must be an absolute path without ',', ':' or newlines, and not '/': {path!r}")
-    return path.rstrip("/")
+    # ',' and ':' separate overlayfs options and layers, and mount(8) reads quotes and
+    # backslashes in options: such a path cannot be a layer.
+    norm = os.path.normpath(path)
+    if not path.startswith("/") or norm == "/" or any(c in path for c in ",:\"'\\") or any(c.isspace() for c in path):
+        raise UsageError(
+            f"{what} must be an absolute path other than '/', without ',', ':', quotes, backslashes "
+            f"or white space: {path!r}"
+        )
+    return norm
 
 
 def detect(state_dir: str | None = None, data_dir: str | None = None) -> Facts:

@@ -30,7 +30,8 @@ class Step:
     argv: Argv
     why: str
     undo: Argv | None = None  # the command that reverses this step on the host
-    creates: str | None = None  # a cached result: skip the step when this path exists
+    creates: str | None = None  # skip the step when this path exists
+    keep: bool = False  # with creates: the result is kept for reuse (an image); once made, its undos lapse
     foreground: bool = False  # the container itself: user's terminal, its exit code is ours
 
     @property

@@ -45,9 +45,9 @@ class NameInUse(CtrshError):
 
 def check(plan: Plan, facts: Facts, paths: Paths) -> None:
     require_root("apply")
-    if os.path.lexists(paths.state):
+    if os.path.lexists(paths.state) or os.path.lexists(paths.layer):
         raise NameInUse(
-            f"a container named {plan.name!r} already exists (state in {paths.state}); "
+            f"a container named {plan.name!r} already exists (in {paths.state} or {paths.layer}); "
             f"if it is left over from a crash, `ctrsh destroy {plan.name}` removes it"
         )
     missing = [t for t in tools(plan) if shutil.which(t) is None]

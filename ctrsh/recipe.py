@@ -20,7 +20,7 @@ Namespace = Literal["mount", "uts", "ipc", "pid", "net", "cgroup"]
 ALL_NAMESPACES: tuple[Namespace, ...] = ("mount", "uts", "ipc", "pid", "net", "cgroup")
 
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
-LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?")
+LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # 63 at most
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -38,7 +38,7 @@ def check_hostname(value: str) -> str | None:
     if len(value) > 64 or not all(LABEL_RE.fullmatch(label) for label in value.split(".")):
         return (
             f"{value!r} is not a valid hostname: use at most 64 characters of letters, digits, "
-            "'-' and '.', each dot-separated label starting and ending with a letter or digit"
+            "'-' and '.', in dot-separated labels of at most 63 that start and end with a letter or digit"
         )
     return None
 
@@ -48,6 +48,9 @@ def check_args(value: list[str]) -> str | None:
         return "needs at least the program to run, e.g. [/bin/sh]"
     if not value[0]:
         return "the program (first item) is empty"
+    # It is exec'd by `env`, which would read a leading '-' as an option and a '=' as a variable.
+    if value[0].startswith("-") or "=" in value[0]:
+        return f"the program (first item) {value[0]!r} cannot start with '-' or contain '='"
     return None
 
 

@@ -18,15 +18,17 @@ def render_plan(plan: Plan) -> str:
     ]
     for phase, steps in plan.by_phase():
         lines += ["", f"# == {phase}: {PHASES[phase]} =="]
-        for creates, group in groupby(steps, key=lambda s: s.creates):
+        for (creates, keep), group in groupby(steps, key=lambda s: (s.creates, s.keep)):
             if creates:
-                lines.append(f"# (skipped while {creates} exists)")
+                kept = ", and kept for reuse" if keep else ""
+                lines.append(f"# (only if {creates} is missing{kept})")
             for step in group:
                 lines.append(f"# {step.why}")
                 if step.undo_command:
                     lines.append(f"#   undo: {step.undo_command}")
                 lines.append(step.command)
-    undos = [s.undo_command for s in reversed(plan.steps) if s.undo_command]
+    # undos of kept results only clean up a build cut short, so they are not part of the teardown
+    undos = [s.undo_command for s in reversed(plan.steps) if s.undo_command and not s.keep]
     lines += ["", "# == teardown: when the container exits, undo in reverse =="]
     lines += [f"#   {u}" for u in undos]
     return "\n".join(lines) + "\n"

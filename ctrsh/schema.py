@@ -98,8 +98,8 @@ class Checker:
 
     def _plain(self, node: Node, hint: type, path: str) -> Any:
         value = self._scalar(node)
-        if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = node.value  # `sleep 10`: keep the text as written, not a float's repr
+        if hint is str and isinstance(node, ScalarNode) and not isinstance(value, (bool, type(None), str)):
+            value = node.value  # `[sleep, 10]`, a date: keep the text as written, not a number's repr
         if type(value) is not hint:
             quote = f"; quote it to mean the text: '{node.value}'" if hint is str and isinstance(value, bool) else ""
             return self.error(node, f"{path}: expected {_KIND[hint]}, got {describe(node, value)}{quote}")
@@ -168,7 +168,7 @@ class Checker:
                 continue
             value = self.convert(vnode, hints[key], join(path, key))
             check = fields[key].metadata.get("check")
-            if value is not INVALID and value is not None and check and (msg := check(value)):
+            if check and value is not None and not _invalid(value) and (msg := check(value)):
                 self.error(vnode, f"{join(path, key)}: {msg}")
                 value = INVALID
             values[key] = value
@@ -183,6 +183,15 @@ class Checker:
         if any(v is INVALID for v in values.values()) or any(n not in values for n in required):
             return INVALID
         return cls(**values)
+
+
+def _invalid(value: object) -> bool:
+    """The value, or an item of it, failed: rules beyond the type cannot be checked on it."""
+    if isinstance(value, list):
+        return any(v is INVALID for v in value)
+    if isinstance(value, dict):
+        return any(v is INVALID for v in value.values())
+    return value is INVALID
 
 
 def public_fields(cls: type) -> dict[str, dataclasses.Field[Any]]:

@@ -51,10 +51,12 @@ def _processes(marker: str) -> list[str]:
 
 
 def _data_residue(data_dir: str) -> list[str]:
-    """The data dir keeps its caches (the busybox image, the /dev template); anything else is residue."""
+    """The data dir keeps its caches (the busybox image, the /dev template) and the empty
+    containers/ dir; anything else, such as a container's writable layer, is residue."""
     ls = lambda d: sorted(os.listdir(d)) if os.path.isdir(d) else []  # noqa: E731
     images = [f"images/{n}" for n in ls(f"{data_dir}/images") if n != "busybox"]
-    return [n for n in ls(data_dir) if n not in ("images", "dev")] + images
+    layers = [f"containers/{n}" for n in ls(f"{data_dir}/containers")]
+    return [n for n in ls(data_dir) if n not in ("images", "dev", "containers")] + images + layers
 
 
 def snapshot(state_dir: str, data_dir: str) -> dict[str, object]:

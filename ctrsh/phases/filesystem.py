@@ -19,7 +19,20 @@ def steps(c: Context) -> list[Step]:
     def inside(argv: Argv, why: str, *also: Namespace) -> Step:
         return Step("filesystem", (*c.nsenter("mount", *also), *argv), why)
 
+    containers = f"{c.facts.data_dir}/containers"
     return [
+        Step(
+            "filesystem",
+            ("mkdir", "-p", containers),
+            "Where containers' writable layers live while they run (made once, kept).",
+            creates=containers,
+        ),
+        Step(
+            "filesystem",
+            ("mkdir", p.layer, p.upper, p.work),
+            "This container's writable layer (upper) and overlayfs' scratch dir (work), on disk.",
+            undo=("rm", "-rf", "--one-file-system", p.layer),
+        ),
         inside(
             ("mount", "-t", "overlay", "overlay", "-o",
              f"lowerdir={p.image('busybox')},upperdir={p.upper},workdir={p.work}", root),

@@ -19,13 +19,14 @@ def steps(c: Context) -> list[Step]:
         Step(
             "namespaces",
             ("mkdir", "-p", c.facts.state_dir),
-            "ctrsh's runtime state lives here (removed again when no container uses it).",
+            "ctrsh's runtime state lives here; made only if missing, and then removed once no container uses it.",
             undo=("rmdir", "--ignore-fail-on-non-empty", c.facts.state_dir),
+            creates=c.facts.state_dir,
         ),
         Step(
             "namespaces",
-            ("mkdir", p.state, p.ns, p.upper, p.work, p.rootfs),
-            "This container's state: namespace files, writable layer, overlay scratch, root mount point. "
+            ("mkdir", p.state, p.ns, p.rootfs),
+            "This container's state: its namespace files and its root mount point. "
             "mkdir fails if it exists, so two containers never share a name.",
             undo=("rm", "-rf", "--one-file-system", p.state),
         ),

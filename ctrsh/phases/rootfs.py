@@ -45,9 +45,10 @@ def busybox_image(c: Context) -> list[Step]:
     tmp = f"{image}.tmp"
 
     def build(argv: Argv, why: str, undo: Argv | None = None) -> Step:
-        return Step("rootfs", argv, why, undo=undo, creates=image)
+        return Step("rootfs", argv, why, undo=undo, creates=image, keep=True)
 
     return [
+        build(("rm", "-rf", "--one-file-system", tmp), "Clear what an earlier, interrupted build may have left."),
         build(
             ("mkdir", "-p", *(f"{tmp}/{d}" for d in LAYOUT)),
             "Lay out a new busybox image beside its final place (skipped once the image exists).",
@@ -77,14 +78,15 @@ def dev_template(c: Context) -> list[Step]:
     tmp = f"{dev}.tmp"
 
     def build(argv: Argv, why: str, undo: Argv | None = None) -> Step:
-        return Step("rootfs", argv, why, undo=undo, creates=dev)
+        return Step("rootfs", argv, why, undo=undo, creates=dev, keep=True)
 
     out = [
+        build(("rm", "-rf", "--one-file-system", tmp), "Clear what an earlier, interrupted build may have left."),
         build(
             ("mkdir", "-p", f"{tmp}/pts", f"{tmp}/shm"),
             "A template for /dev, with mount points for ptys and shared memory (skipped once it exists).",
             undo=("rm", "-rf", "--one-file-system", tmp),
-        )
+        ),
     ]
     for name, major, minor in DEVICES:
         out.append(

@@ -14,7 +14,8 @@ fi
 undo=()  # commands that reverse what has run, oldest first
 cleanup() {
   local rc=$? i
-  trap - EXIT INT TERM HUP
+  trap - EXIT
+  trap '' INT TERM HUP  # a teardown cut short would leave the host half-changed
   for ((i = ${#undo[@]} - 1; i >= 0; i--)); do
     eval "${undo[i]}" || echo "$0: undo failed: ${undo[i]}" >&2
   done
@@ -26,8 +27,10 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 
 # == rootfs: provide the root filesystem ==
-if [[ ! -e /var/lib/ctrsh/images/busybox ]]; then  # build once, reuse after
+if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
   n=${#undo[@]}
+  # Clear what an earlier, interrupted build may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp
   # Lay out a new busybox image beside its final place (skipped once the image exists).
   mkdir -p /var/lib/ctrsh/images/busybox.tmp/bin /var/lib/ctrsh/images/busybox.tmp/sbin /var/lib/ctrsh/images/busybox.tmp/usr/bin /var/lib/ctrsh/images/busybox.tmp/usr/sbin /var/lib/ctrsh/images/busybox.tmp/dev /var/lib/ctrsh/images/busybox.tmp/proc /var/lib/ctrsh/images/busybox.tmp/sys /var/lib/ctrsh/images/busybox.tmp/etc /var/lib/ctrsh/images/busybox.tmp/root /var/lib/ctrsh/images/busybox.tmp/tmp
   undo+=('rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp')
@@ -47,10 +50,12 @@ printf "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n" >"$1/etc/group"
 ' ctrsh-etc /var/lib/ctrsh/images/busybox.tmp
   # Publish the finished image in one rename; later applies reuse it.
   mv -T /var/lib/ctrsh/images/busybox.tmp /var/lib/ctrsh/images/busybox
-  undo=("${undo[@]:0:n}")  # built: its clean-up undos are moot
+  undo=("${undo[@]:0:n}")  # made and kept: its clean-up undos lapse
 fi
-if [[ ! -e /var/lib/ctrsh/dev ]]; then  # build once, reuse after
+if [[ ! -e /var/lib/ctrsh/dev && ! -L /var/lib/ctrsh/dev ]]; then  # only if missing
   n=${#undo[@]}
+  # Clear what an earlier, interrupted build may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/dev.tmp
   # A template for /dev, with mount points for ptys and shared memory (skipped once it exists).
   mkdir -p /var/lib/ctrsh/dev.tmp/pts /var/lib/ctrsh/dev.tmp/shm
   undo+=('rm -rf --one-file-system /var/lib/ctrsh/dev.tmp')
@@ -78,15 +83,17 @@ if [[ ! -e /var/lib/ctrsh/dev ]]; then  # build once, reuse after
   ln -s pts/ptmx /var/lib/ctrsh/dev.tmp/ptmx
   # Publish the /dev template in one rename.
   mv -T /var/lib/ctrsh/dev.tmp /var/lib/ctrsh/dev
-  undo=("${undo[@]:0:n}")  # built: its clean-up undos are moot
+  undo=("${undo[@]:0:n}")  # made and kept: its clean-up undos lapse
 fi
 
 # == namespaces: create the namespaces, persisted as files so each later step can enter them ==
-# ctrsh's runtime state lives here (removed again when no container uses it).
-mkdir -p /run/ctrsh
-undo+=('rmdir --ignore-fail-on-non-empty /run/ctrsh')
-# This container's state: namespace files, writable layer, overlay scratch, root mount point. mkdir fails if it exists, so two containers never share a name.
-mkdir /run/ctrsh/inspect /run/ctrsh/inspect/ns /run/ctrsh/inspect/upper /run/ctrsh/inspect/work /run/ctrsh/inspect/rootfs
+if [[ ! -e /run/ctrsh && ! -L /run/ctrsh ]]; then  # only if missing
+  # ctrsh's runtime state lives here; made only if missing, and then removed once no container uses it.
+  mkdir -p /run/ctrsh
+  undo+=('rmdir --ignore-fail-on-non-empty /run/ctrsh')
+fi
+# This container's state: its namespace files and its root mount point. mkdir fails if it exists, so two containers never share a name.
+mkdir /run/ctrsh/inspect /run/ctrsh/inspect/ns /run/ctrsh/inspect/rootfs
 undo+=('rm -rf --one-file-system /run/ctrsh/inspect')
 # A private mount point to hold namespace files: the kernel refuses them under a shared mount.
 mount --bind --make-private /run/ctrsh/inspect/ns /run/ctrsh/inspect/ns
@@ -100,8 +107,15 @@ undo+=('ip netns delete ctrsh-inspect')
 unshare --mount=/run/ctrsh/inspect/ns/mnt --uts=/run/ctrsh/inspect/ns/uts --ipc=/run/ctrsh/inspect/ns/ipc --propagation private hostname inspect
 
 # == filesystem: assemble the container's mounts inside its own mount namespace ==
+if [[ ! -e /var/lib/ctrsh/containers && ! -L /var/lib/ctrsh/containers ]]; then  # only if missing
+  # Where containers' writable layers live while they run (made once, kept).
+  mkdir -p /var/lib/ctrsh/containers
+fi
+# This container's writable layer (upper) and overlayfs' scratch dir (work), on disk.
+mkdir /var/lib/ctrsh/containers/inspect /var/lib/ctrsh/containers/inspect/upper /var/lib/ctrsh/containers/inspect/work
+undo+=('rm -rf --one-file-system /var/lib/ctrsh/containers/inspect')
 # Root filesystem: the shared image read-only below, this container's own writes above (upper).
-nsenter --mount=/run/ctrsh/inspect/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/busybox,upperdir=/run/ctrsh/inspect/upper,workdir=/run/ctrsh/inspect/work /run/ctrsh/inspect/rootfs
+nsenter --mount=/run/ctrsh/inspect/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/busybox,upperdir=/var/lib/ctrsh/containers/inspect/upper,workdir=/var/lib/ctrsh/containers/inspect/work /run/ctrsh/inspect/rootfs
 # A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
 nsenter --mount=/run/ctrsh/inspect/ns/mnt -- mount -t tmpfs -o nosuid,strictatime,mode=0755,size=65536k tmpfs /run/ctrsh/inspect/rootfs/dev
 # Fill /dev from the template: six devices, the fd links, the pts and shm mount points.

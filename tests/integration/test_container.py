@@ -217,3 +217,30 @@ def test_interactive_shell_on_a_terminal(ctrsh: Ctrsh) -> None:
 def test_shipped_recipes_run(ctrsh: Ctrsh, recipe: str) -> None:
     r = ctrsh.run("apply", "-q", ctrsh.recipe(shipped(recipe, f"test-{recipe}")))
     assert r.returncode == 0, r.stderr
+
+
+def test_container_gets_default_signal_dispositions(ctrsh: Ctrsh) -> None:
+    """Python ignores SIGPIPE; the container must not inherit that (`yes` would complain of EPIPE)."""
+    r = ctrsh.run("apply", "-q", ctrsh.recipe(inside_recipe("test-pipe", "yes | head -n 1")))
+    assert (r.returncode, r.stdout, r.stderr) == (0, "y\n", "")
+    # PID 1 itself (not a shell, which sets its own) starts with nothing ignored or blocked
+    args = "[/bin/grep, -E, '^Sig(Ign|Blk)', /proc/self/status]"
+    r = ctrsh.run(
+        "apply", "-q", ctrsh.recipe(f"name: test-sigs\nrootfs: {{busybox: {{}}}}\nprocess: {{args: {args}}}\n")
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000"]
+
+
+def test_destroy_without_a_journal(ctrsh: Ctrsh) -> None:
+    """ctrsh killed before its journal was written: destroy finds the pieces by name."""
+    state = Path(ctrsh.env["CTRSH_STATE_DIR"]) / "test-orphan"
+    (state / "ns").mkdir(parents=True)
+    subprocess.run(["ip", "netns", "add", "ctrsh-test-orphan"], check=True)
+    r = ctrsh.run("destroy", "test-orphan")
+    assert r.returncode == 0, r.stderr
+    assert "ip netns delete ctrsh-test-orphan" in r.stderr
+    assert not state.exists()
+    state.parent.rmdir()  # the test made it
+    r = ctrsh.run("destroy", "test-orphan")
+    assert r.returncode == 2 and r.stderr.startswith("ctrsh: no container 'test-orphan' here")

@@ -105,9 +105,10 @@ def test_state_dir_option_and_env(tmp_path: Path) -> None:
     assert "mkdir -p /srv/st\n" in r.stdout and "lowerdir=/srv/data/images/busybox" in r.stdout
     r = ctrsh("plan", "recipes/hello.yaml", "--state-dir", "relative/dir")
     assert r.returncode == 2
+    assert ctrsh("plan", "recipes/hello.yaml", "--state-dir", "/run/..").returncode == 2
     assert r.stderr == (
-        "ctrsh: state dir (--state-dir or $CTRSH_STATE_DIR) must be an absolute path without ',', ':' "
-        "or newlines, and not '/': 'relative/dir'\n"
+        "ctrsh: state dir (--state-dir or $CTRSH_STATE_DIR) must be an absolute path other than '/', "
+        "without ',', ':', quotes, backslashes or white space: 'relative/dir'\n"
     )
 
 

@@ -108,9 +108,13 @@ def test_env_cwd_and_hostname_reach_the_start_step() -> None:
 
 def test_cached_steps_are_marked() -> None:
     plan = plan_of(BASE)
-    built = {s.creates for s in plan.steps if s.creates}
-    assert built == {"/var/lib/ctrsh/images/busybox", "/var/lib/ctrsh/dev"}
-    assert all(s.phase == "rootfs" for s in plan.steps if s.creates)
+    kept = {s.creates for s in plan.steps if s.keep}
+    assert kept == {"/var/lib/ctrsh/images/busybox", "/var/lib/ctrsh/dev"}
+    assert all(s.phase == "rootfs" and s.creates for s in plan.steps if s.keep)
+    only_if_missing = {s.creates for s in plan.steps if s.creates and not s.keep}
+    assert only_if_missing == {"/run/ctrsh", "/var/lib/ctrsh/containers"}
+    render = render_plan(plan)  # the teardown lists what apply undoes after a run, not build clean-ups
+    assert "busybox.tmp" not in render.split("== teardown")[1]
 
 
 def test_only_the_last_step_is_foreground() -> None:

@@ -37,10 +37,10 @@ CASES = [
      "starting and ending with a letter or digit (it names files, a network namespace and the hostname)"),
     ("bad hostname", "name: x\nhostname: -bad_host\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
      "r.yaml:2:11: hostname: '-bad_host' is not a valid hostname: use at most 64 characters of letters, "
-     "digits, '-' and '.', each dot-separated label starting and ending with a letter or digit"),
+     "digits, '-' and '.', in dot-separated labels of at most 63 that start and end with a letter or digit"),
     ("hostname too long", f"name: x\nhostname: {'a' * 65}\nrootfs: {{busybox: {{}}}}\nprocess: {{args: [a]}}\n",
      f"r.yaml:2:11: hostname: '{'a' * 65}' is not a valid hostname: use at most 64 characters of letters, "
-     "digits, '-' and '.', each dot-separated label starting and ending with a letter or digit"),
+     "digits, '-' and '.', in dot-separated labels of at most 63 that start and end with a letter or digit"),
     ("unknown namespace", "name: x\nnamespaces: [mount, pdi]\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
      "r.yaml:2:21: namespaces[1]: unknown value 'pdi'; did you mean 'pid'? (one of: mount, uts, ipc, pid, net, cgroup)"),
     ("namespaces without mount", "name: x\nnamespaces: [pid]\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
@@ -57,6 +57,15 @@ CASES = [
      "r.yaml:3:27: process.cwd: 'tmp' must be an absolute path inside the container"),
     ("empty args", "name: x\nrootfs: {busybox: {}}\nprocess: {args: []}\n",
      "r.yaml:3:17: process.args: needs at least the program to run, e.g. [/bin/sh]"),
+    ("hostname label of 64", f"name: x\nhostname: {'a' * 64}\nrootfs: {{busybox: {{}}}}\nprocess: {{args: [a]}}\n",
+     f"r.yaml:2:11: hostname: '{'a' * 64}' is not a valid hostname: use at most 64 characters of letters, "
+     "digits, '-' and '.', in dot-separated labels of at most 63 that start and end with a letter or digit"),
+    ("program like an option", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [-x]}\n",
+     "r.yaml:3:17: process.args: the program (first item) '-x' cannot start with '-' or contain '='"),
+    ("program like a variable", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [/opt/a=b/run]}\n",
+     "r.yaml:3:17: process.args: the program (first item) '/opt/a=b/run' cannot start with '-' or contain '='"),
+    ("a bad item and a rule", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [[a]]}\n",
+     "r.yaml:3:18: process.args[0]: expected a string, got a list"),
     ("NUL byte", 'name: x\nrootfs: {busybox: {}}\nprocess: {args: ["a\\0b"]}\n',
      "r.yaml:3:18: process.args[0]: contains a NUL byte, which no command argument can hold"),
 ]  # fmt: skip
@@ -82,6 +91,8 @@ def test_valid_recipe_and_defaults() -> None:
     assert r.name == "web-1"
     assert r.rootfs.busybox == Busybox()  # `busybox:` with no value means "with defaults"
     assert r.process.args == ["sleep", "10"]  # numbers keep their written text
+    dated = parse("name: x\nrootfs: {busybox: {}}\nprocess: {args: [echo, 2024-01-01, 1.50]}\n", "r.yaml")
+    assert dated.process.args == ["echo", "2024-01-01", "1.50"]
     assert (r.process.env, r.process.cwd, r.hostname, r.namespaces) == ({}, "/", None, None)
     assert r.problem("process.args", "m").line == 4
 

@@ -1,0 +1,57 @@
+"""The container's processes, found through its mount namespace (as `ip netns pids` does for net)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import suppress
+
+from .trace import Trace
+
+
+def container_pids(mnt_nsfile: str) -> list[int]:
+    """Processes whose mount namespace is the one bound at mnt_nsfile (ctrsh itself excluded)."""
+    try:
+        st = os.stat(mnt_nsfile)
+    except OSError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                ns = os.stat(f"/proc/{entry}/ns/mnt")
+            except OSError:
+                continue
+            if (ns.st_dev, ns.st_ino) == (st.st_dev, st.st_ino):
+                pids.append(int(entry))
+    return pids
+
+
+def kill_all(mnt_nsfile: str, trace: Trace, why: str = "processes still in the container") -> None:
+    """SIGKILL everything in the container (PID 1's death takes its PID namespace with it)."""
+    pids = container_pids(mnt_nsfile)
+    if pids:
+        trace.note(f"{why}:")
+        trace.command("kill -KILL " + " ".join(map(str, pids)))
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _status(pid: int, key: str) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith(key + ":")), "")
+    except OSError:
+        return ""
+
+
+def is_init(pid: int) -> bool:
+    """PID 1 of a PID namespace below ours (NSpid lists the pid in each namespace level)."""
+    levels = _status(pid, "NSpid").split()
+    return len(levels) > 1 and levels[-1] == "1"
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Has the process a handler for signum (SigCgt is a bit mask, bit N-1 for signal N)?"""
+    return bool(int(_status(pid, "SigCgt") or "0", 16) & (1 << (signum - 1)))

@@ -1,0 +1,91 @@
+"""What SIGINT, SIGTERM and SIGHUP do while `apply` runs. Handlers never raise mid-command.
+
+Between steps, a signal is only noted; the engine acts on it at the next safe
+point (`check`), so no step can take effect without its undo being journaled.
+
+While the container runs, Ctrl-C is the container's business first, as in a
+shell: the terminal delivers it to the container, and an interactive shell
+catches it and carries on. But PID 1 of a PID namespace ignores any signal it
+has no handler for (the kernel protects init), so `sleep` would never stop;
+then ctrsh stops the container itself, as `docker run --init` would. SIGTERM
+and SIGHUP stop the container and roll back.
+
+The handlers are Python functions, never SIG_IGN: ignored signals stay ignored
+across exec, and the container must get default dispositions. For the same
+reason SIGPIPE and SIGXFSZ, which Python ignores, get no-op handlers here.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+
+from . import procs
+from .trace import Trace
+
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+RESET = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+class Interrupted(BaseException):
+    """A signal asked ctrsh to stop: roll back, exit 128+signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class Signals:
+    mnt_nsfile: str
+    trace: Trace
+    container_running: bool = False
+    pending: int | None = None  # a stop signal not yet acted on
+    stopped_by_ctrl_c: bool = False
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.container_running and signum == signal.SIGINT:
+            pids = procs.container_pids(self.mnt_nsfile)
+            if any(procs.is_init(p) and not procs.catches(p, signum) for p in pids):
+                self.stopped_by_ctrl_c = True
+                procs.kill_all(self.mnt_nsfile, self.trace, "Ctrl-C: the container's PID 1 ignores it, so stop it")
+            return
+        self.pending = self.pending or signum
+        if self.container_running:
+            procs.kill_all(self.mnt_nsfile, self.trace, f"{signal.Signals(signum).name}: stop the container")
+
+    def check(self) -> None:
+        if self.pending:
+            raise Interrupted(self.pending)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        old = {s: signal.signal(s, self.handle) for s in STOPS}
+        old.update({s: signal.signal(s, _ignore) for s in RESET})
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    pass
+
+
+@contextmanager
+def shielded(trace: Trace) -> Iterator[None]:
+    """A teardown cut short leaves the host half-changed: Ctrl-C and SIGTERM wait for it."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        trace.note(f"{signal.Signals(signum).name}: finishing the teardown first")
+
+    old = {s: signal.signal(s, handler) for s in STOPS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
