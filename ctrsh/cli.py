@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Annotated, NoReturn
@@ -167,6 +168,7 @@ def main() -> NoReturn:
         app()
     except CtrshError as e:
         if not e.reported:
-            print(e if type(e).__name__ == "RecipeError" else f"ctrsh: {e}", file=sys.stderr)
+            with contextlib.suppress(OSError):  # stderr may be a closed pipe by now
+                print(e if type(e).__name__ == "RecipeError" else f"ctrsh: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     sys.exit(0)

@@ -29,14 +29,16 @@ def _sh() -> Any:
     return sh
 
 
-def run_step(argv: Argv, detached: bool = False) -> None:
+def run_step(argv: Argv) -> None:
     """Run one command to completion, raising StepFailed with its output's tail.
 
-    detached: in a session of its own, out of reach of the terminal's Ctrl-C.
+    In a session of its own, out of reach of the terminal's Ctrl-C: a step is
+    never cut in half (a bind mount made but not yet made private, say). ctrsh
+    gets the signal and acts on it once the step is done and its undo recorded.
     """
     sh = _sh()
     try:
-        sh.Command(argv[0])(*argv[1:], _tty_out=False, _in=None, _new_session=detached)
+        sh.Command(argv[0])(*argv[1:], _tty_out=False, _in=None, _new_session=True)
     except sh.ErrorReturnCode as e:
         raise StepFailed(_failure(argv, f"exit code {e.exit_code}", e.stderr or e.stdout)) from None
     except sh.CommandNotFound:
@@ -62,6 +64,15 @@ def run_foreground(argv: Argv) -> int:
     return 0
 
 
+def say(text: str) -> bool:
+    """Print to stderr if it is still there; a closed pipe must not stop a rollback."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def undo_all(journal: Journal, trace: Trace, mnt_nsfile: str) -> list[str]:
     """Run the journal's undos newest first, carrying on past failures; return what failed."""
     failed = []
@@ -72,9 +83,9 @@ def undo_all(journal: Journal, trace: Trace, mnt_nsfile: str) -> list[str]:
         for undo in reversed(journal.undos):
             trace.command(shlex.join(undo))
             try:
-                run_step(undo, detached=True)
+                run_step(undo)
                 journal.forget(undo)
-            except StepFailed as e:
+            except (StepFailed, OSError) as e:  # OSError: the journal could not be saved; carry on
                 failed.append(str(e))
     return failed
 
@@ -110,9 +121,8 @@ def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace) -> int:
                     continue
                 trace.step(step)
                 if step.foreground:
-                    signals.container_running = True
-                    code = run_foreground(step.argv)
-                    signals.container_running = False
+                    with signals.container():
+                        code = run_foreground(step.argv)
                     if signals.stopped_by_ctrl_c:
                         code = 130
                 else:
@@ -125,15 +135,14 @@ def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace) -> int:
             signals.check()
         except BaseException as e:
             if isinstance(e, StepFailed):  # say what failed before the rollback output, not after it
-                print(f"ctrsh: {e}", file=sys.stderr, flush=True)
-                e.reported = True
+                e.reported = say(f"ctrsh: {e}")
             done = len(journal.undos)
             failed = undo_all(journal, trace, mnt_nsfile)
             why = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "failed"
             tail = f", {len(failed)} undo(s) failed" if failed else ""
             trace.note(f"{why}: rolled back {done} steps{tail}")
             for f in failed:
-                print(f"ctrsh: undo failed: {f}", file=sys.stderr)
+                say(f"ctrsh: undo failed: {f}")
             raise
         failed = undo_all(journal, trace, mnt_nsfile)
     if failed:

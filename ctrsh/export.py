@@ -26,20 +26,27 @@ if [[ $EUID -ne 0 ]]; then
   exit 1
 fi
 
-undo=()  # commands that reverse what has run, oldest first
+undos=()  # commands that reverse what has run, oldest first
+stop=0    # set by a signal, acted on between steps: no step runs without its undo registered
 cleanup() {{
   local rc=$? i
+  if ((stop)); then rc=$stop; fi
   trap - EXIT
   trap '' INT TERM HUP  # a teardown cut short would leave the host half-changed
-  for ((i = ${{#undo[@]}} - 1; i >= 0; i--)); do
-    eval "${{undo[i]}}" || echo "$0: undo failed: ${{undo[i]}}" >&2
+  for ((i = ${{#undos[@]}} - 1; i >= 0; i--)); do
+    eval "${{undos[i]}}" || echo "$0: undo failed: ${{undos[i]}}" >&2
   done
   exit "$rc"
 }}
+# After a step that changed the host: register what reverses it, then stop if asked to.
+undo() {{
+  undos+=("$1")
+  if ((stop)); then exit "$stop"; fi
+}}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+trap 'stop=130' INT
+trap 'stop=143' TERM
+trap 'stop=129' HUP
 """
 
 
@@ -54,14 +61,17 @@ def export_script(plan: Plan) -> str:
                 path = shlex.quote(creates)
                 out.append(f"if [[ ! -e {path} && ! -L {path} ]]; then  # only if missing\n")
                 if keep:
-                    out.append("  n=${#undo[@]}\n")
+                    out.append("  n=${#undos[@]}\n")
             for step in group:
+                if step.foreground:
+                    out.append(f'{indent}if ((stop)); then exit "$stop"; fi\n')
                 out.append(f"{indent}# {step.why}\n{indent}{step.command}\n")
                 if step.undo_command:
-                    out.append(f"{indent}undo+=({shlex.quote(step.undo_command)})\n")
+                    out.append(f"{indent}undo {shlex.quote(step.undo_command)}\n")
             if keep:
-                out.append('  undo=("${undo[@]:0:n}")  # made and kept: its clean-up undos lapse\n')
+                out.append('  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse\n')
             if creates:
                 out.append("fi\n")
+    out.append('if ((stop)); then exit "$stop"; fi\n')
     out.append("\n# The EXIT trap now tears everything down: the undos above, newest first.\n")
     return "".join(out)

@@ -56,10 +56,31 @@ class Signals:
         self.pending = self.pending or signum
         if self.container_running:
             procs.kill_all(self.mnt_nsfile, self.trace, f"{signal.Signals(signum).name}: stop the container")
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
 
     def check(self) -> None:
         if self.pending:
             raise Interrupted(self.pending)
+
+    @contextmanager
+    def container(self) -> Iterator[None]:
+        """While the container runs. A stop signal that came just before is acted on now; one that
+        comes while the container is still entering its namespaces finds no process there yet, so
+        a timer repeats the kill until the container is gone."""
+        self.check()
+        self.container_running = True
+        old = signal.signal(signal.SIGALRM, self._rekill)
+        try:
+            yield
+        finally:
+            self.container_running = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
+    def _rekill(self, signum: int, frame: FrameType | None) -> None:
+        if self.container_running and self.pending:
+            procs.kill_all(self.mnt_nsfile, self.trace, "still stopping the container")
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
 
     @contextmanager
     def installed(self) -> Iterator[None]:

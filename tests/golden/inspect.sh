@@ -11,29 +11,36 @@ if [[ $EUID -ne 0 ]]; then
   exit 1
 fi
 
-undo=()  # commands that reverse what has run, oldest first
+undos=()  # commands that reverse what has run, oldest first
+stop=0    # set by a signal, acted on between steps: no step runs without its undo registered
 cleanup() {
   local rc=$? i
+  if ((stop)); then rc=$stop; fi
   trap - EXIT
   trap '' INT TERM HUP  # a teardown cut short would leave the host half-changed
-  for ((i = ${#undo[@]} - 1; i >= 0; i--)); do
-    eval "${undo[i]}" || echo "$0: undo failed: ${undo[i]}" >&2
+  for ((i = ${#undos[@]} - 1; i >= 0; i--)); do
+    eval "${undos[i]}" || echo "$0: undo failed: ${undos[i]}" >&2
   done
   exit "$rc"
 }
+# After a step that changed the host: register what reverses it, then stop if asked to.
+undo() {
+  undos+=("$1")
+  if ((stop)); then exit "$stop"; fi
+}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+trap 'stop=130' INT
+trap 'stop=143' TERM
+trap 'stop=129' HUP
 
 # == rootfs: provide the root filesystem ==
 if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
-  n=${#undo[@]}
+  n=${#undos[@]}
   # Clear what an earlier, interrupted build may have left.
   rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp
   # Lay out a new busybox image beside its final place (skipped once the image exists).
   mkdir -p /var/lib/ctrsh/images/busybox.tmp/bin /var/lib/ctrsh/images/busybox.tmp/sbin /var/lib/ctrsh/images/busybox.tmp/usr/bin /var/lib/ctrsh/images/busybox.tmp/usr/sbin /var/lib/ctrsh/images/busybox.tmp/dev /var/lib/ctrsh/images/busybox.tmp/proc /var/lib/ctrsh/images/busybox.tmp/sys /var/lib/ctrsh/images/busybox.tmp/etc /var/lib/ctrsh/images/busybox.tmp/root /var/lib/ctrsh/images/busybox.tmp/tmp
-  undo+=('rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp')
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp'
   # /tmp is writable by all, with the sticky bit, as on any Linux.
   chmod 1777 /var/lib/ctrsh/images/busybox.tmp/tmp
   # A static busybox needs no libraries: this one file is every command in the image.
@@ -50,15 +57,15 @@ printf "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n" >"$1/etc/group"
 ' ctrsh-etc /var/lib/ctrsh/images/busybox.tmp
   # Publish the finished image in one rename; later applies reuse it.
   mv -T /var/lib/ctrsh/images/busybox.tmp /var/lib/ctrsh/images/busybox
-  undo=("${undo[@]:0:n}")  # made and kept: its clean-up undos lapse
+  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
 fi
 if [[ ! -e /var/lib/ctrsh/dev && ! -L /var/lib/ctrsh/dev ]]; then  # only if missing
-  n=${#undo[@]}
+  n=${#undos[@]}
   # Clear what an earlier, interrupted build may have left.
   rm -rf --one-file-system /var/lib/ctrsh/dev.tmp
   # A template for /dev, with mount points for ptys and shared memory (skipped once it exists).
   mkdir -p /var/lib/ctrsh/dev.tmp/pts /var/lib/ctrsh/dev.tmp/shm
-  undo+=('rm -rf --one-file-system /var/lib/ctrsh/dev.tmp')
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/dev.tmp'
   # /dev/null: character device 1:3, one of the six devices every container gets.
   mknod -m 666 /var/lib/ctrsh/dev.tmp/null c 1 3
   # /dev/zero: character device 1:5, one of the six devices every container gets.
@@ -83,26 +90,26 @@ if [[ ! -e /var/lib/ctrsh/dev && ! -L /var/lib/ctrsh/dev ]]; then  # only if mis
   ln -s pts/ptmx /var/lib/ctrsh/dev.tmp/ptmx
   # Publish the /dev template in one rename.
   mv -T /var/lib/ctrsh/dev.tmp /var/lib/ctrsh/dev
-  undo=("${undo[@]:0:n}")  # made and kept: its clean-up undos lapse
+  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
 fi
 
 # == namespaces: create the namespaces, persisted as files so each later step can enter them ==
 if [[ ! -e /run/ctrsh && ! -L /run/ctrsh ]]; then  # only if missing
   # ctrsh's runtime state lives here; made only if missing, and then removed once no container uses it.
   mkdir -p /run/ctrsh
-  undo+=('rmdir --ignore-fail-on-non-empty /run/ctrsh')
+  undo 'rmdir --ignore-fail-on-non-empty /run/ctrsh'
 fi
 # This container's state: its namespace files and its root mount point. mkdir fails if it exists, so two containers never share a name.
 mkdir /run/ctrsh/inspect /run/ctrsh/inspect/ns /run/ctrsh/inspect/rootfs
-undo+=('rm -rf --one-file-system /run/ctrsh/inspect')
+undo 'rm -rf --one-file-system /run/ctrsh/inspect'
 # A private mount point to hold namespace files: the kernel refuses them under a shared mount.
 mount --bind --make-private /run/ctrsh/inspect/ns /run/ctrsh/inspect/ns
-undo+=('umount --recursive /run/ctrsh/inspect/ns')
+undo 'umount --recursive /run/ctrsh/inspect/ns'
 # Empty files that namespaces will be bound to, keeping them alive.
 touch /run/ctrsh/inspect/ns/mnt /run/ctrsh/inspect/ns/uts /run/ctrsh/inspect/ns/ipc
 # A network namespace, kept alive at /run/netns/ctrsh-inspect: only lo, and it is down.
 ip netns add ctrsh-inspect
-undo+=('ip netns delete ctrsh-inspect')
+undo 'ip netns delete ctrsh-inspect'
 # Create the namespaces, bind each to its file, then set the hostname inside them (the host's is untouched). Private propagation: no mount made inside ever reaches the host.
 unshare --mount=/run/ctrsh/inspect/ns/mnt --uts=/run/ctrsh/inspect/ns/uts --ipc=/run/ctrsh/inspect/ns/ipc --propagation private hostname inspect
 
@@ -113,7 +120,7 @@ if [[ ! -e /var/lib/ctrsh/containers && ! -L /var/lib/ctrsh/containers ]]; then 
 fi
 # This container's writable layer (upper) and overlayfs' scratch dir (work), on disk.
 mkdir /var/lib/ctrsh/containers/inspect /var/lib/ctrsh/containers/inspect/upper /var/lib/ctrsh/containers/inspect/work
-undo+=('rm -rf --one-file-system /var/lib/ctrsh/containers/inspect')
+undo 'rm -rf --one-file-system /var/lib/ctrsh/containers/inspect'
 # Root filesystem: the shared image read-only below, this container's own writes above (upper).
 nsenter --mount=/run/ctrsh/inspect/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/busybox,upperdir=/var/lib/ctrsh/containers/inspect/upper,workdir=/var/lib/ctrsh/containers/inspect/work /run/ctrsh/inspect/rootfs
 # A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
@@ -132,6 +139,7 @@ nsenter --mount=/run/ctrsh/inspect/ns/mnt --net=/run/netns/ctrsh-inspect -- moun
 ip -n ctrsh-inspect link set lo up
 
 # == process: start the container's PID 1 ==
+if ((stop)); then exit "$stop"; fi
 # Enter the namespaces, fork PID 1 of a new PID namespace, mount its /proc, pivot_root into the rootfs, drop the old root, and exec the command with a clean environment.
 nsenter --mount=/run/ctrsh/inspect/ns/mnt --uts=/run/ctrsh/inspect/ns/uts --ipc=/run/ctrsh/inspect/ns/ipc --net=/run/netns/ctrsh-inspect -- unshare --pid --cgroup --fork --kill-child -- sh -euc 'mount -t proc -o nosuid,nodev,noexec proc "$1/proc"
 cd "$1"
@@ -149,5 +157,6 @@ echo "== /dev"; ls -l /dev
 echo "== network"; ip -o link
 echo "== namespaces"; ls -l /proc/self/ns | sed '"'"'s/.* -> //'"'"'
 '
+if ((stop)); then exit "$stop"; fi
 
 # The EXIT trap now tears everything down: the undos above, newest first.

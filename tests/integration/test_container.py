@@ -244,3 +244,32 @@ def test_destroy_without_a_journal(ctrsh: Ctrsh) -> None:
     state.parent.rmdir()  # the test made it
     r = ctrsh.run("destroy", "test-orphan")
     assert r.returncode == 2 and r.stderr.startswith("ctrsh: no container 'test-orphan' here")
+
+
+def test_exported_script_defers_sigterm_and_cleans_up(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    """bash acts on SIGTERM once the running command ends; then the EXIT trap undoes everything."""
+    from ctrsh.procs import container_pids
+
+    recipe = ctrsh.recipe(inside_recipe("test-script-term", "echo ready; exec sleep 60"))
+    script = tmp_path / "run.sh"
+    assert ctrsh.run("export", recipe, "-o", str(script)).returncode == 0
+    proc = subprocess.Popen(["bash", str(script)], env=ctrsh.env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc.terminate()
+    time.sleep(0.3)
+    assert proc.poll() is None  # still waiting for the container, as a shell does
+    pids = container_pids(f"{ctrsh.env['CTRSH_STATE_DIR']}/test-script-term/ns/mnt")
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == 143
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.15, 0.25, 0.35, 0.45])
+def test_sigterm_at_any_moment_rolls_back(ctrsh: Ctrsh, delay: float) -> None:
+    """Whatever step is running when SIGTERM comes (setup, the container's start), ctrsh stops and undoes it all."""
+    recipe = ctrsh.recipe(inside_recipe("test-anytime", "exec sleep 60"))
+    proc = subprocess.Popen(ctrsh.cmd("apply", "-q", recipe), env=ctrsh.env, cwd=ROOT, start_new_session=True)
+    time.sleep(delay)
+    proc.terminate()
+    assert proc.wait(timeout=30) in (143, -signal.SIGTERM)  # -SIGTERM: it came before ctrsh set its handlers
