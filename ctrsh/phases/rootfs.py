@@ -51,7 +51,7 @@ def busybox_image(c: Context) -> list[Step]:
         build(("rm", "-rf", "--one-file-system", tmp), "Clear what an earlier, interrupted build may have left."),
         build(
             ("mkdir", "-p", *(f"{tmp}/{d}" for d in LAYOUT)),
-            "Lay out a new busybox image beside its final place (skipped once the image exists).",
+            "Lay out a new busybox image beside its final place, renamed into place when complete.",
             undo=("rm", "-rf", "--one-file-system", tmp),
         ),
         build(("chmod", "1777", f"{tmp}/tmp"), "/tmp is writable by all, with the sticky bit, as on any Linux."),

@@ -38,7 +38,7 @@ if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]
   n=${#undos[@]}
   # Clear what an earlier, interrupted build may have left.
   rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp
-  # Lay out a new busybox image beside its final place (skipped once the image exists).
+  # Lay out a new busybox image beside its final place, renamed into place when complete.
   mkdir -p /var/lib/ctrsh/images/busybox.tmp/bin /var/lib/ctrsh/images/busybox.tmp/sbin /var/lib/ctrsh/images/busybox.tmp/usr/bin /var/lib/ctrsh/images/busybox.tmp/usr/sbin /var/lib/ctrsh/images/busybox.tmp/dev /var/lib/ctrsh/images/busybox.tmp/proc /var/lib/ctrsh/images/busybox.tmp/sys /var/lib/ctrsh/images/busybox.tmp/etc /var/lib/ctrsh/images/busybox.tmp/root /var/lib/ctrsh/images/busybox.tmp/tmp
   undo 'rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp'
   # /tmp is writable by all, with the sticky bit, as on any Linux.
