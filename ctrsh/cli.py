@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from . import __version__
 from .errors import CtrshError, UsageError
+
+if TYPE_CHECKING:  # imported lazily at run time: each command loads only what it needs
+    from .facts import Facts
+    from .plan import Plan
 
 app = typer.Typer(
     help=(
@@ -39,13 +43,11 @@ StateDir = Annotated[
 ]
 DataDir = Annotated[
     str | None,
-    typer.Option(
-        "--data-dir", envvar="CTRSH_DATA_DIR", help="Lasting data (built images).", show_default="/var/lib/ctrsh"
-    ),
+    typer.Option("--data-dir", envvar="CTRSH_DATA_DIR", help="Images, writable layers.", show_default="/var/lib/ctrsh"),
 ]
 
 
-def _plan(recipe_path: str, state_dir: str | None, data_dir: str | None):  # type: ignore[no-untyped-def]
+def _plan(recipe_path: str, state_dir: str | None, data_dir: str | None) -> tuple[Plan, Facts]:
     from .compile import compile_plan
     from .facts import detect
     from .recipe import load
