@@ -18,8 +18,8 @@ reason SIGPIPE and SIGXFSZ, which Python ignores, get no-op handlers here.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from types import FrameType
 
@@ -69,32 +69,38 @@ class Signals:
         a timer repeats the kill until the container is gone."""
         self.check()
         self.container_running = True
-        old = signal.signal(signal.SIGALRM, self._rekill)
         try:
-            yield
+            with handlers({signal.SIGALRM: self._rekill}):
+                yield
         finally:
             self.container_running = False
             signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old)
 
     def _rekill(self, signum: int, frame: FrameType | None) -> None:
         if self.container_running and self.pending:
             procs.kill_all(self.mnt_nsfile, self.trace, "still stopping the container")
             signal.setitimer(signal.ITIMER_REAL, 0.05)
 
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        old = {s: signal.signal(s, self.handle) for s in STOPS}
-        old.update({s: signal.signal(s, _ignore) for s in RESET})
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+    def installed(self) -> AbstractContextManager[None]:
+        return handlers({**dict.fromkeys(STOPS, self.handle), **dict.fromkeys(RESET, _ignore)})
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
     pass
+
+
+Handler = Callable[[int, FrameType | None], None]
+
+
+@contextmanager
+def handlers(table: dict[signal.Signals, Handler]) -> Iterator[None]:
+    """Install these signal handlers for the duration, then put the old ones back."""
+    old = {s: signal.signal(s, h) for s, h in table.items()}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 @contextmanager
@@ -104,9 +110,5 @@ def shielded(trace: Trace) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         trace.note(f"{signal.Signals(signum).name}: finishing the teardown first")
 
-    old = {s: signal.signal(s, handler) for s in STOPS}
-    try:
+    with handlers(dict.fromkeys(STOPS, handler)):
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
