@@ -127,7 +127,7 @@ def start_script(c: Context) -> str:
     interactive = c.recipe.process.terminal
     stdin = [] if interactive else [
         "# No terminal: stdin is /dev/null unless it was a pipe or a file.",
-        "if [ -t 0 ]; then exec </dev/null; fi",
+        'if [ -t 0 ]; then exec <"$root/dev/null"; fi',
     ]  # fmt: skip
     proc_mounts = [
         "# Mounted from inside the new PID namespace, so it shows the container's processes only.",
@@ -145,7 +145,7 @@ def start_script(c: Context) -> str:
             "root=$1 cwd=$2 search=$3 nvars=$4",
             "shift 4",
             "# A closed stdin, stdout or stderr becomes /dev/null, as in Docker.",
-            'for fd in 0 1 2; do if [ ! -e /proc/self/fd/$fd ]; then eval "exec $fd<>/dev/null"; fi; done',
+            'for fd in 0 1 2; do if [ ! -e /proc/self/fd/$fd ]; then eval "exec $fd<>\\"\\$root/dev/null\\""; fi; done',
             *stdin,
             *proc_mounts,
             "# Resource limits, inherited by everything the container starts.",

@@ -160,9 +160,9 @@ nsenter --mount=/run/ctrsh/inspect/ns/mnt --uts=/run/ctrsh/inspect/ns/uts --ipc=
 root=$1 cwd=$2 search=$3 nvars=$4
 shift 4
 # A closed stdin, stdout or stderr becomes /dev/null, as in Docker.
-for fd in 0 1 2; do if [ ! -e /proc/self/fd/$fd ]; then eval "exec $fd<>/dev/null"; fi; done
+for fd in 0 1 2; do if [ ! -e /proc/self/fd/$fd ]; then eval "exec $fd<>\"\$root/dev/null\""; fi; done
 # No terminal: stdin is /dev/null unless it was a pipe or a file.
-if [ -t 0 ]; then exec </dev/null; fi
+if [ -t 0 ]; then exec <"$root/dev/null"; fi
 # Mounted from inside the new PID namespace, so it shows the container'"'"'s processes only.
 mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
 # Kernel interfaces: masked ones show nothing (an empty read-only tmpfs, or /dev/null over a file); read-only ones cannot be written.
