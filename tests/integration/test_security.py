@@ -5,6 +5,7 @@ Every test here failed against the first version of ctrsh (a container was root 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -152,10 +153,8 @@ def test_container_cannot_type_into_the_callers_terminal(ctrsh: Ctrsh, tmp_path:
             pass
         os.set_blocking(slave, False)
         typed = b""
-        try:  # anything TIOCSTI pushed would be waiting as input on the caller's side
+        with contextlib.suppress(BlockingIOError):  # what TIOCSTI pushed would wait as input on the caller's side
             typed = os.read(slave, 4096)
-        except BlockingIOError:
-            pass
     finally:
         os.close(master)
         os.close(slave)
