@@ -36,7 +36,9 @@ def compile_plan(recipe: Recipe, facts: Facts) -> Plan:
     ctx = resolve(recipe, facts)
     steps = tuple(step for module in PHASE_MODULES for step in module.steps(ctx))
     notes = tuple(note for module in PHASE_MODULES if hasattr(module, "notes") for note in module.notes(ctx))
-    return Plan(name=recipe.name, source=printable(recipe.file), steps=steps, notes=notes)
+    return Plan(
+        name=recipe.name, source=printable(recipe.file), steps=steps, container_ns=ctx.paths.nsfile("mnt"), notes=notes
+    )
 
 
 def printable(text: str) -> str:

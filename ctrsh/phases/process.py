@@ -177,7 +177,7 @@ def start_argv(c: Context) -> tuple[str, ...]:
     setsid = ("setsid", "--ctty") if proc.terminal else ("setsid",)
     pid1 = (
         "unshare", *new, "--fork", "--kill-child", "--",
-        "env", "-i", f"PATH={SAFE_PATH}", *setsid, "sh", "-euc", start_script(c), "ctrsh-start",
+        "env", "-i", "--default-signal", f"PATH={SAFE_PATH}", *setsid, "sh", "-euc", start_script(c), "ctrsh-start",
         c.paths.rootfs, proc.cwd, env["PATH"], str(len(env)), *(f"{k}={v}" for k, v in env.items()), *proc.args,
     )  # fmt: skip
     enter = c.nsenter("mount", "uts", "ipc", "net")

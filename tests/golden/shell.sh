@@ -29,9 +29,64 @@ undo() {
   if ((stop)); then exit "$stop"; fi
 }
 trap cleanup EXIT
-trap 'stop=130' INT
-trap 'stop=143' TERM
-trap 'stop=129' HUP
+
+# The container runs in a session of its own, out of reach of the terminal's Ctrl-C, so signals to
+# this script are passed on to it, as `ctrsh apply` does. Its processes are those in its mount
+# namespace (-ef: same file). Ctrl-C goes to its PID 1 if that has a handler for it; a PID 1 without
+# one would never see it (the kernel protects a namespace's init), so then the container is stopped.
+container_ns=/run/ctrsh/shell/ns/mnt
+container=0  # pid of the command that runs the container, while it runs
+container_pids() {
+  local p
+  for p in /proc/[0-9]*; do
+    if [[ $p/ns/mnt -ef $container_ns && ${p#/proc/} != "$$" ]]; then echo "${p#/proc/}"; fi
+  done
+}
+catches_sigint() {  # is $1 PID 1 of a PID namespace, with a handler for SIGINT?
+  local key value nspid=() caught=0
+  while read -r key value; do
+    case $key in
+      NSpid:) read -ra nspid <<<"$value" ;;
+      SigCgt:) caught=$((16#$value >> 1 & 1)) ;;
+    esac
+  done <"/proc/$1/status" || return 2
+  ((${#nspid[@]} > 1)) && [[ ${nspid[-1]} == 1 ]] || return 2
+  ((caught))
+}
+on_signal() {  # $1 signal, $2 exit code
+  local p init=""
+  if ((container)) && [[ $1 == INT ]]; then
+    for p in $(container_pids); do
+      if catches_sigint "$p"; then init=$p; elif (($? == 1)); then init=none; fi
+    done
+    if [[ -n $init && $init != none ]]; then kill -INT "$init" 2>/dev/null || :; return; fi
+  fi
+  stop=$2
+  if ((container)); then stop_container; fi
+}
+stop_container() {
+  local p
+  for p in $(container_pids); do
+    [[ $(<"/proc/$p/comm") == script ]] || kill -KILL "$p" 2>/dev/null || :  # the relay ends with PID 1
+  done
+}
+# Run the container in the background and wait, so that a signal's trap runs at once.
+run_container() {
+  local rc
+  "$@" <&0 &
+  container=$!
+  while :; do
+    if wait "$container"; then rc=0; else rc=$?; fi
+    if ! kill -0 "$container" 2>/dev/null; then break; fi
+    if ((stop)); then stop_container; sleep 0.05; fi  # it may still be entering its namespaces
+  done
+  container=0
+  return "$rc"
+}
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
+trap 'on_signal HUP 129' HUP
+trap 'on_signal PIPE 141' PIPE
 # Note: seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.
 
 # == rootfs: provide the root filesystem ==
@@ -158,7 +213,7 @@ nsenter --mount=/run/ctrsh/shell/ns/mnt -- cp /bin/busybox /usr/bin/setpriv /lib
 nsenter --mount=/run/ctrsh/shell/ns/mnt -- mount --bind /run/ctrsh/shell/rootfs/dev/pts /dev/pts
 if ((stop)); then exit "$stop"; fi
 # Enter the namespaces and fork PID 1 of a new PID namespace in a session of its own. As the host's sh it mounts /proc, masks kernel paths, pivot_roots, detaches the old root with trusted tools, then setpriv drops capabilities and busybox closes leaked fds before the command runs.
-nsenter --mount=/run/ctrsh/shell/ns/mnt --uts=/run/ctrsh/shell/ns/uts --ipc=/run/ctrsh/shell/ns/ipc --net=/run/netns/ctrsh-shell -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin SHELL=/bin/sh script --quiet --return --flush --command 'exec unshare --pid --cgroup --fork --kill-child -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin setsid --ctty sh -euc '"'"'set -f  # paths and PATH are split, never glob-expanded
+run_container nsenter --mount=/run/ctrsh/shell/ns/mnt --uts=/run/ctrsh/shell/ns/uts --ipc=/run/ctrsh/shell/ns/ipc --net=/run/netns/ctrsh-shell -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin SHELL=/bin/sh script --quiet --return --flush --command 'exec unshare --pid --cgroup --fork --kill-child -- env -i --default-signal PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin setsid --ctty sh -euc '"'"'set -f  # paths and PATH are split, never glob-expanded
 root=$1 cwd=$2 search=$3 nvars=$4
 shift 4
 # A closed stdin, stdout or stderr becomes /dev/null, as in Docker.
