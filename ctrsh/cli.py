@@ -73,13 +73,15 @@ def apply(
     plan, facts = _plan(recipe, state_dir, data_dir)
     from . import engine, preflight
     from .facts import Paths
+    from .phases import cgroups
     from .signals import Interrupted
     from .trace import Trace
 
     paths = Paths(facts, plan.name)
     preflight.check(plan, facts, paths)
+    oom_counter = cgroups.oom_counter(facts, plan.name)
     try:
-        code = engine.apply(plan, paths.journal, paths.nsfile("mnt"), Trace(quiet=quiet))
+        code = engine.apply(plan, paths.journal, paths.nsfile("mnt"), Trace(quiet=quiet), oom_counter)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except Interrupted as e:

@@ -8,7 +8,7 @@ unmounted from inside, where only the container's own binaries exist.
 from __future__ import annotations
 
 from ..plan import Step
-from . import Context
+from . import Context, cgroups
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -40,6 +40,7 @@ def steps(c: Context) -> list[Step]:
     proc = c.recipe.process
     new = [f"--{k}" for k in ("pid", "cgroup") if k in c.namespaces]
     argv = (
+        *cgroups.join_prefix(c),
         *c.nsenter("mount", "uts", "ipc", "net"),
         "unshare", *new, "--fork", "--kill-child", "--",
         "sh", "-euc", START, "ctrsh-start", c.paths.rootfs,
