@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# Container "limits", exported by ctrsh 0.1.0 from recipes/limits.yaml.
+# It runs the same commands as `ctrsh apply recipes/limits.yaml`, with plain bash.
+# Run it as root. Everything it changes on the host is undone when it exits,
+# fails or is interrupted: each step that changes the host registers its undo.
+# shellcheck disable=SC2016  # '$1' in single quotes is for the inner sh, by design
+set -euo pipefail
+
+if [[ $EUID -ne 0 ]]; then
+  echo "$0: run this as root, e.g. sudo bash $0" >&2
+  exit 1
+fi
+
+undos=()  # commands that reverse what has run, oldest first
+stop=0    # set by a signal, acted on between steps: no step runs without its undo registered
+cleanup() {
+  local rc=$? i
+  if ((stop)); then rc=$stop; fi
+  trap - EXIT
+  trap '' INT TERM HUP  # a teardown cut short would leave the host half-changed
+  for ((i = ${#undos[@]} - 1; i >= 0; i--)); do
+    eval "${undos[i]}" || echo "$0: undo failed: ${undos[i]}" >&2
+  done
+  exit "$rc"
+}
+# After a step that changed the host: register what reverses it, then stop if asked to.
+undo() {
+  undos+=("$1")
+  if ((stop)); then exit "$stop"; fi
+}
+trap cleanup EXIT
+trap 'stop=130' INT
+trap 'stop=143' TERM
+trap 'stop=129' HUP
+
+# == rootfs: provide the root filesystem ==
+if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
+  n=${#undos[@]}
+  # Clear what an earlier, interrupted build may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp
+  # Lay out a new busybox image beside its final place, renamed into place when complete.
+  mkdir -p /var/lib/ctrsh/images/busybox.tmp/bin /var/lib/ctrsh/images/busybox.tmp/sbin /var/lib/ctrsh/images/busybox.tmp/usr/bin /var/lib/ctrsh/images/busybox.tmp/usr/sbin /var/lib/ctrsh/images/busybox.tmp/dev /var/lib/ctrsh/images/busybox.tmp/proc /var/lib/ctrsh/images/busybox.tmp/sys /var/lib/ctrsh/images/busybox.tmp/etc /var/lib/ctrsh/images/busybox.tmp/root /var/lib/ctrsh/images/busybox.tmp/tmp
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp'
+  # /tmp is writable by all, with the sticky bit, as on any Linux.
+  chmod 1777 /var/lib/ctrsh/images/busybox.tmp/tmp
+  # A static busybox needs no libraries: this one file is every command in the image.
+  cp /bin/busybox /var/lib/ctrsh/images/busybox.tmp/bin/busybox
+  # One relative symlink per applet (usr/bin/env -> ../../bin/busybox), valid wherever the tree is mounted.
+  sh -c 'cd "$1"
+for p in $(bin/busybox --list-full); do
+  case $p in */*/*) t=../../bin/busybox ;; *) t=../bin/busybox ;; esac
+  [ -e "$p" ] || ln -s "$t" "$p"
+done' ctrsh-link /var/lib/ctrsh/images/busybox.tmp
+  # Minimal /etc/passwd and /etc/group, so tools show names.
+  sh -c 'printf "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n" >"$1/etc/passwd"
+printf "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n" >"$1/etc/group"
+' ctrsh-etc /var/lib/ctrsh/images/busybox.tmp
+  # Publish the finished image in one rename; later applies reuse it.
+  mv -T /var/lib/ctrsh/images/busybox.tmp /var/lib/ctrsh/images/busybox
+  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
+fi
+if [[ ! -e /var/lib/ctrsh/dev && ! -L /var/lib/ctrsh/dev ]]; then  # only if missing
+  n=${#undos[@]}
+  # Clear what an earlier, interrupted build may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/dev.tmp
+  # A template for /dev, with mount points for ptys and shared memory (skipped once it exists).
+  mkdir -p /var/lib/ctrsh/dev.tmp/pts /var/lib/ctrsh/dev.tmp/shm
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/dev.tmp'
+  # /dev/null: character device 1:3, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp/null c 1 3
+  # /dev/zero: character device 1:5, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp/zero c 1 5
+  # /dev/full: character device 1:7, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp/full c 1 7
+  # /dev/random: character device 1:8, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp/random c 1 8
+  # /dev/urandom: character device 1:9, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp/urandom c 1 9
+  # /dev/tty: character device 5:0, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp/tty c 5 0
+  # /dev/fd -> /proc/self/fd, as on any Linux.
+  ln -s /proc/self/fd /var/lib/ctrsh/dev.tmp/fd
+  # /dev/stdin -> /proc/self/fd/0, as on any Linux.
+  ln -s /proc/self/fd/0 /var/lib/ctrsh/dev.tmp/stdin
+  # /dev/stdout -> /proc/self/fd/1, as on any Linux.
+  ln -s /proc/self/fd/1 /var/lib/ctrsh/dev.tmp/stdout
+  # /dev/stderr -> /proc/self/fd/2, as on any Linux.
+  ln -s /proc/self/fd/2 /var/lib/ctrsh/dev.tmp/stderr
+  # /dev/ptmx -> pts/ptmx, as on any Linux.
+  ln -s pts/ptmx /var/lib/ctrsh/dev.tmp/ptmx
+  # Publish the /dev template in one rename.
+  mv -T /var/lib/ctrsh/dev.tmp /var/lib/ctrsh/dev
+  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
+fi
+
+# == namespaces: create the namespaces, persisted as files so each later step can enter them ==
+if [[ ! -e /run/ctrsh && ! -L /run/ctrsh ]]; then  # only if missing
+  # ctrsh's runtime state lives here; made only if missing, and then removed once no container uses it.
+  mkdir -p /run/ctrsh
+  undo 'rmdir --ignore-fail-on-non-empty /run/ctrsh'
+fi
+# This container's state: its namespace files and its root mount point. mkdir fails if it exists, so two containers never share a name.
+mkdir /run/ctrsh/limits /run/ctrsh/limits/ns /run/ctrsh/limits/rootfs
+undo 'rm -rf --one-file-system /run/ctrsh/limits'
+# A private mount point to hold namespace files: the kernel refuses them under a shared mount.
+mount --bind --make-private /run/ctrsh/limits/ns /run/ctrsh/limits/ns
+undo 'umount --recursive /run/ctrsh/limits/ns'
+# Empty files that namespaces will be bound to, keeping them alive.
+touch /run/ctrsh/limits/ns/mnt /run/ctrsh/limits/ns/uts /run/ctrsh/limits/ns/ipc
+# A network namespace, kept alive at /run/netns/ctrsh-limits: only lo, and it is down.
+ip netns add ctrsh-limits
+undo 'ip netns delete ctrsh-limits'
+# Create the namespaces, bind each to its file, then set the hostname inside them (the host's is untouched). Private propagation: no mount made inside ever reaches the host.
+unshare --mount=/run/ctrsh/limits/ns/mnt --uts=/run/ctrsh/limits/ns/uts --ipc=/run/ctrsh/limits/ns/ipc --propagation private hostname limits
+
+# == filesystem: assemble the container's mounts inside its own mount namespace ==
+if [[ ! -e /var/lib/ctrsh/containers && ! -L /var/lib/ctrsh/containers ]]; then  # only if missing
+  # Where containers' writable layers live while they run (made once, kept).
+  mkdir -p /var/lib/ctrsh/containers
+fi
+# This container's writable layer (upper) and overlayfs' scratch dir (work), on disk.
+mkdir /var/lib/ctrsh/containers/limits /var/lib/ctrsh/containers/limits/upper /var/lib/ctrsh/containers/limits/work
+undo 'rm -rf --one-file-system /var/lib/ctrsh/containers/limits'
+# Root filesystem: the shared image read-only below, this container's own writes above (upper).
+nsenter --mount=/run/ctrsh/limits/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/busybox,upperdir=/var/lib/ctrsh/containers/limits/upper,workdir=/var/lib/ctrsh/containers/limits/work /run/ctrsh/limits/rootfs
+# A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
+nsenter --mount=/run/ctrsh/limits/ns/mnt -- mount -t tmpfs -o nosuid,strictatime,mode=0755,size=65536k tmpfs /run/ctrsh/limits/rootfs/dev
+# Fill /dev from the template: six devices, the fd links, the pts and shm mount points.
+nsenter --mount=/run/ctrsh/limits/ns/mnt -- cp -a /var/lib/ctrsh/dev/. /run/ctrsh/limits/rootfs/dev/
+# The container's own pty instance (newinstance): it cannot see the host's terminals.
+nsenter --mount=/run/ctrsh/limits/ns/mnt -- mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts /run/ctrsh/limits/rootfs/dev/pts
+# /dev/shm for POSIX shared memory, private to the container, 64 MiB as in Docker.
+nsenter --mount=/run/ctrsh/limits/ns/mnt -- mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=65536k shm /run/ctrsh/limits/rootfs/dev/shm
+# /sys read-only, mounted from the container's network namespace so it lists only its interfaces.
+nsenter --mount=/run/ctrsh/limits/ns/mnt --net=/run/netns/ctrsh-limits -- mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /run/ctrsh/limits/rootfs/sys
+
+# == network: configure the network namespace ==
+# Bring up loopback: a new network namespace starts with lo down.
+ip -n ctrsh-limits link set lo up
+
+# == cgroups: limit resources ==
+# The parent of this ctrsh instance's cgroups (named for its state dir); removed once no container uses it.
+mkdir -p /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh
+undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d"; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh'
+# The container's cgroup (a cgroup in each hierarchy): all its processes, also ones that leave its namespaces. Teardown kills every process in it first, then removes it.
+mkdir /sys/fs/cgroup/cpu/ctrsh/limits /sys/fs/cgroup/cpuacct/ctrsh/limits /sys/fs/cgroup/memory/ctrsh/limits /sys/fs/cgroup/pids/ctrsh/limits /sys/fs/cgroup/devices/ctrsh/limits /sys/fs/cgroup/freezer/ctrsh/limits
+undo 'sh -c '"'"'f=$1; shift
+listed() { for d; do if [ -d "$d" ]; then find "$d" -name cgroup.procs -exec cat {} +; fi; done; }
+n=0
+while [ -n "$(listed "$@")" ]; do
+  if [ "$n" -ge 100 ]; then echo "ctrsh: still running after 10 s:" $(listed "$@") >&2; exit 1; fi
+  for d; do if [ -e "$d/cgroup.kill" ]; then echo 1 > "$d/cgroup.kill"; fi; done
+  if [ -d "$f" ]; then
+    echo FROZEN > "$f/freezer.state"
+    i=0; while [ "$(cat "$f/freezer.state")" = FREEZING ] && [ $((i += 1)) -lt 100 ]; do sleep 0.01; done
+  fi
+  kill -9 $(listed "$@") 2>/dev/null || true
+  if [ -d "$f" ]; then echo THAWED > "$f/freezer.state"; fi
+  n=$((n + 1)); sleep 0.1
+done
+for d; do if [ -d "$d" ]; then find "$d" -depth -type d -exec rmdir {} +; fi; done'"'"' ctrsh-kill /sys/fs/cgroup/freezer/ctrsh/limits /sys/fs/cgroup/cpu/ctrsh/limits /sys/fs/cgroup/cpuacct/ctrsh/limits /sys/fs/cgroup/memory/ctrsh/limits /sys/fs/cgroup/pids/ctrsh/limits /sys/fs/cgroup/devices/ctrsh/limits /sys/fs/cgroup/freezer/ctrsh/limits'
+# The CFS period the quota is counted in.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 100000 /sys/fs/cgroup/cpu/ctrsh/limits/cpu.cfs_period_us
+# cpus 1.5: at most 150 ms of CPU time per 100 ms, over all cores.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 150000 /sys/fs/cgroup/cpu/ctrsh/limits/cpu.cfs_quota_us
+# cpu_weight 200 as v1 cpu.shares (runc: 2 + (weight - 1) * 262142 / 9999): its share of CPU time under contention.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 5219 /sys/fs/cgroup/cpu/ctrsh/limits/cpu.shares
+# memory 256M: above 268435456 bytes the kernel reclaims, then its OOM killer strikes.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 268435456 /sys/fs/cgroup/memory/ctrsh/limits/memory.limit_in_bytes
+# Memory plus swap (memory_swap 512M); set after the memory limit, which it may not be below.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 536870912 /sys/fs/cgroup/memory/ctrsh/limits/memory.memsw.limit_in_bytes
+# pids 100: fork fails beyond 100 processes and threads; a fork bomb stops here.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 100 /sys/fs/cgroup/pids/ctrsh/limits/pids.max
+# Devices: deny every node first, as Docker does; CAP_MKNOD alone then makes nodes it cannot open.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write a /sys/fs/cgroup/devices/ctrsh/limits/devices.deny
+# Devices: allow 'c *:* m': make any node (not open it).
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c *:* m' /sys/fs/cgroup/devices/ctrsh/limits/devices.allow
+# Devices: allow 'b *:* m': make any node (not open it).
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'b *:* m' /sys/fs/cgroup/devices/ctrsh/limits/devices.allow
+# Devices: allow 'c 1:3 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:3 rwm' /sys/fs/cgroup/devices/ctrsh/limits/devices.allow
+# Devices: allow 'c 1:5 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:5 rwm' /sys/fs/cgroup/devices/ctrsh/limits/devices.allow
+# Devices: allow 'c 1:7 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:7 rwm' /sys/fs/cgroup/devices/ctrsh/limits/devices.allow
+# Devices: allow 'c 1:8 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:8 rwm' /sys/fs/cgroup/devices/ctrsh/limits/devices.allow
+# Devices: allow 'c 1:9 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:9 rwm' /sys/fs/cgroup/devices/ctrsh/limits/devices.allow
+# Devices: allow 'c 5:0 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:0 rwm' /sys/fs/cgroup/devices/ctrsh/limits/devices.allow
+# Devices: allow 'c 5:1 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:1 rwm' /sys/fs/cgroup/devices/ctrsh/limits/devices.allow
+# Devices: allow 'c 5:2 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:2 rwm' /sys/fs/cgroup/devices/ctrsh/limits/devices.allow
+# Devices: allow 'c 136:* rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 136:* rwm' /sys/fs/cgroup/devices/ctrsh/limits/devices.allow
+
+# == process: start the container's PID 1 ==
+if ((stop)); then exit "$stop"; fi
+# Enter the namespaces, fork PID 1 of a new PID namespace, mount its /proc, pivot_root into the rootfs, drop the old root, and exec the command with a clean environment.
+sh -c 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"' ctrsh-join /sys/fs/cgroup/cpu/ctrsh/limits/cgroup.procs /sys/fs/cgroup/cpuacct/ctrsh/limits/cgroup.procs /sys/fs/cgroup/memory/ctrsh/limits/cgroup.procs /sys/fs/cgroup/pids/ctrsh/limits/cgroup.procs /sys/fs/cgroup/devices/ctrsh/limits/cgroup.procs /sys/fs/cgroup/freezer/ctrsh/limits/cgroup.procs -- nsenter --mount=/run/ctrsh/limits/ns/mnt --uts=/run/ctrsh/limits/ns/uts --ipc=/run/ctrsh/limits/ns/ipc --net=/run/netns/ctrsh-limits -- unshare --pid --cgroup --fork --kill-child -- sh -euc 'mount -t proc -o nosuid,nodev,noexec proc "$1/proc"
+cd "$1"
+mkdir -p .oldroot
+pivot_root . .oldroot
+umount -l /.oldroot
+rmdir /.oldroot
+cd "$2"
+shift 2
+exec "$@"
+' ctrsh-start /run/ctrsh/limits/rootfs / env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root HOSTNAME=limits /bin/sh -c 'cat /proc/self/cgroup'
+if ((stop)); then exit "$stop"; fi
+
+# The EXIT trap now tears everything down: the undos above, newest first.
