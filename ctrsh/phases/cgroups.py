@@ -106,9 +106,14 @@ def cgroup_dir(facts: Facts, name: str, controller: str) -> str | None:
 
 def devices_enforced(facts: Facts) -> bool:
     """Does the device cgroup keep the container from opening nodes beyond the standard ones?
-    Only on v1: v2 needs an eBPF program no stock tool loads, so there the security phase must
-    drop CAP_MKNOD and mount the root nodev instead."""
-    return facts.cgroups.version == 1 and facts.cgroups.mount("devices") is not None
+    Only on v1: v2 needs an eBPF program no stock tool loads, so there the security phase drops
+    CAP_MKNOD and mounts the root nodev instead. The same as `facts.device_cgroup`, which the
+    security and filesystem phases read (`check` refuses facts where the two disagree)."""
+    return facts.device_cgroup
+
+
+def _devices_hierarchy(cg: CgroupFacts) -> bool:
+    return cg.version == 1 and cg.mount("devices") is not None
 
 
 def join_prefix(c: Context) -> Argv:
@@ -143,6 +148,9 @@ def check(recipe: Recipe, facts: Facts) -> list[Problem]:
     cg = facts.cgroups
     if cg.version == 0:
         return [recipe.problem("name", "this host has no cgroup filesystem at /sys/fs/cgroup; ctrsh needs one")]
+    if facts.device_cgroup != _devices_hierarchy(cg):
+        # the security phase keeps CAP_MKNOD only where this phase writes the device allowlist
+        raise ValueError(f"inconsistent facts: device_cgroup={facts.device_cgroup} with cgroups {cg}")
     res = recipe.resources
     if res is None:
         return []

@@ -20,7 +20,10 @@ from ctrsh.render import render_plan
 from .test_plan import GOLDEN, golden
 
 V1 = Facts()  # these machines: cgroup v1, a hierarchy per controller
-V2 = Facts(cgroups=CgroupFacts(version=2, mounts=tuple((k, "/sys/fs/cgroup") for k in ("cpu", "memory", "pids"))))
+V2 = Facts(
+    cgroups=CgroupFacts(version=2, mounts=tuple((k, "/sys/fs/cgroup") for k in ("cpu", "memory", "pids"))),
+    device_cgroup=False,
+)
 BASE = "name: box\nrootfs: {busybox: {}}\nprocess: {args: [/bin/true]}\n"
 
 
@@ -153,9 +156,11 @@ def test_device_cgroup_only_on_v1() -> None:
     allowed = [s.argv[4] for s in plan_of(BASE).steps if s.argv[-1].endswith("devices.allow")]
     assert allowed == ["c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
                        "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm"]  # fmt: skip
-    assert not any("devices" in s.command for s in plan_of(BASE, V2).steps)
-    no_devices = Facts(cgroups=CgroupFacts(mounts=(("pids", "/sys/fs/cgroup/pids"),)))
+    assert not any("devices.allow" in s.command or "devices.deny" in s.command for s in plan_of(BASE, V2).steps)
+    no_devices = Facts(cgroups=CgroupFacts(mounts=(("pids", "/sys/fs/cgroup/pids"),)), device_cgroup=False)
     assert not cgroups.devices_enforced(no_devices)
+    with pytest.raises(ValueError):  # facts that would keep CAP_MKNOD with no allowlist written
+        plan_of(BASE, Facts(cgroups=CgroupFacts(mounts=(("pids", "/sys/fs/cgroup/pids"),))))
 
 
 def test_v1_shares_as_runc() -> None:
@@ -217,7 +222,7 @@ def test_sizes_and_numbers_accepted() -> None:
          "r.yaml:6:16: memory_swap is memory plus swap: it must be at least memory, or -1"),
         ("  memory: 1G\n  memory_swap: 2G\n", Facts(cgroups=CgroupFacts(swap=False)),
          "r.yaml:6:16: this host does not account swap (boot with swapaccount=1)"),
-        ("  pids: 5\n", Facts(cgroups=CgroupFacts(mounts=(("memory", "/sys/fs/cgroup/memory"),))),
+        ("  pids: 5\n", Facts(cgroups=CgroupFacts(mounts=(("memory", "/sys/fs/cgroup/memory"),)), device_cgroup=False),
          "r.yaml:5:9: this host has no pids cgroup controller"),
     ],
 )  # fmt: skip
@@ -229,7 +234,7 @@ def test_rules_checked_against_the_host(text: str, facts: Facts, expected: str) 
 
 def test_no_cgroups_at_all() -> None:
     with pytest.raises(RecipeError) as e:
-        plan_of(BASE, Facts(cgroups=CgroupFacts(version=0, mounts=())))
+        plan_of(BASE, Facts(cgroups=CgroupFacts(version=0, mounts=()), device_cgroup=False))
     assert "no cgroup filesystem" in str(e.value)
 
 
@@ -256,7 +261,7 @@ def test_detect_v1_with_comounted_controllers(tmp_path: Path) -> None:
         "/sys/fs/cgroup/cpu,cpuacct/ctrsh/box",
         "/sys/fs/cgroup/pids/ctrsh/box",
     ]
-    assert not cgroups.devices_enforced(Facts(cgroups=cg))
+    assert not cgroups._devices_hierarchy(cg)
 
 
 def test_detect_this_host() -> None:
