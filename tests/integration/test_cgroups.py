@@ -148,6 +148,10 @@ ESCAPE = (
 )
 
 
+# No PID namespace, and the capabilities to make a mount namespace of its own
+ESCAPING = "namespaces: [mount]\nsecurity: {capabilities: all}\n"
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie is dead: its parent, PID 1 of the test's sandbox, may not reap it)."""
     try:
@@ -169,10 +173,11 @@ def test_escaped_process_is_killed_by_teardown(ctrsh: Ctrsh, tmp_path: Path, how
         script = tmp_path / "run.sh"
         assert ctrsh.run("export", ctrsh.recipe(text), "-o", str(script)).returncode == 0
         r = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=ctrsh.env, timeout=120)
-    pid = int(r.stdout.split("pid=")[1].split()[0])
+    pid_text, escaped_ns, container_ns = r.stdout.split("pid=")[1].split()[:3]
+    pid = int(pid_text)
     try:
-        print(r.stdout)
         assert r.returncode == 0, r.stderr
+        assert escaped_ns != container_ns, r.stdout  # out of its mount namespace: only the cgroup holds it
         assert not alive(pid), "the escaped process outlived teardown"
     finally:
         if alive(pid):
@@ -180,7 +185,7 @@ def test_escaped_process_is_killed_by_teardown(ctrsh: Ctrsh, tmp_path: Path, how
 
 
 def test_destroy_kills_the_cgroup_after_ctrsh_was_killed(ctrsh: Ctrsh) -> None:
-    text = recipe("test-escape-kill9", ESCAPE + "echo started; read x", "namespaces: [mount]\n")
+    text = recipe("test-escape-kill9", ESCAPE + "echo started; read x", ESCAPING)
     proc = subprocess.Popen(ctrsh.cmd("apply", "-q", ctrsh.recipe(text)), env=ctrsh.env, cwd=ROOT, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)  # fmt: skip
     assert proc.stdout is not None and proc.stdout.readline() == "started\n"
