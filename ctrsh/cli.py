@@ -143,6 +143,21 @@ def destroy(
 
 
 @app.command()
+def doctor() -> None:
+    """Check this host: tools, kernel features (namespaces, overlayfs, cgroups, user namespaces), root.
+
+    Prints each check, and for each gap the Debian package (or setting) that fills it. Changes
+    nothing. Exits 1 if something every container needs is missing.
+    """
+    from . import doctor as doc
+
+    results = doc.checks()
+    sys.stdout.write(doc.render(results))
+    if any(not c.ok and c.required for c in results):
+        raise typer.Exit(1)
+
+
+@app.command()
 def schema() -> None:
     """Print the recipe format as JSON Schema (for editors and validators)."""
     import json
