@@ -252,3 +252,18 @@ def test_the_container_sees_its_own_cgroup_as_root(ctrsh: Ctrsh) -> None:
     for controller, _ in facts.cgroups.mounts:
         key = "" if facts.cgroups.version == 2 else next(k for k in mine if controller in k.split(","))
         assert mine[key] == "/", r.stdout
+
+
+def test_shipped_forkbomb_recipe(ctrsh: Ctrsh) -> None:
+    from .test_container import shipped
+
+    r = ctrsh.run("apply", "-q", ctrsh.recipe(shipped("forkbomb", "test-forkbomb")), timeout=60)
+    assert (r.returncode, r.stdout) == (0, "a fork bomb is running; pids: 64 holds it; it ends in 5 s\n"), r.stderr
+
+
+def test_shipped_limits_recipe(ctrsh: Ctrsh) -> None:
+    from .test_container import shipped
+
+    r = ctrsh.run("apply", "-q", ctrsh.recipe(shipped("limits", "test-limits")))
+    assert r.returncode == 0, r.stderr
+    assert {line.rsplit(":", 1)[1] for line in r.stdout.splitlines()} == {"/"}  # its own cgroup is its root
