@@ -32,6 +32,7 @@ class CgroupFacts:
     # ones (cpu,cpuacct) share a dir; v2: every controller the root offers, all on the one mount.
     mounts: tuple[tuple[str, str], ...] = tuple((k, f"{CGROUP_ROOT}/{k}") for k in CGROUP_V1_CONTROLLERS)
     swap: bool = True  # swap is accounted (v1 memory.memsw.*; v2 memory.swap.max)
+    root: str = CGROUP_ROOT  # v2: the unified mount, where the container's cgroup goes
 
     def mount(self, controller: str) -> str | None:
         return dict(self.mounts).get(controller)

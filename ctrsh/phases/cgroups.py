@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 
 from ..errors import Problem
-from ..facts import CGROUP_ROOT, DEFAULT_STATE, CgroupFacts, Facts
+from ..facts import DEFAULT_STATE, CgroupFacts, Facts
 from ..plan import Argv, Step
 from ..recipe import Recipe, Resources, parse_bytes
 from . import Context
@@ -85,7 +85,7 @@ def hierarchies(cg: CgroupFacts) -> list[str]:
     """The mount dirs a container has a cgroup in: one per v1 hierarchy (co-mounted controllers
     share one), the one unified mount on v2."""
     if cg.version == 2:
-        return [CGROUP_ROOT]  # tracking needs no controller: a v2 host offering none still has cgroups
+        return [cg.root]  # tracking needs no controller: a v2 host offering none still has cgroups
     return list(dict.fromkeys(mount for _, mount in cg.mounts))
 
 
@@ -118,7 +118,11 @@ def _devices_hierarchy(cg: CgroupFacts) -> bool:
 
 def join_prefix(c: Context) -> Argv:
     """Put before the start step's argv: joins the container's cgroups, then execs the rest."""
-    files = [f"{d}/cgroup.procs" for d in cgroup_dirs(c.facts, c.recipe.name)]
+    return join_argv(c.facts, c.recipe.name)
+
+
+def join_argv(facts: Facts, name: str) -> Argv:
+    files = [f"{d}/cgroup.procs" for d in cgroup_dirs(facts, name)]
     return ("sh", "-c", JOIN, "ctrsh-join", *files, "--")
 
 

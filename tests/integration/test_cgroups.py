@@ -267,3 +267,37 @@ def test_shipped_limits_recipe(ctrsh: Ctrsh) -> None:
     r = ctrsh.run("apply", "-q", ctrsh.recipe(shipped("limits", "test-limits")))
     assert r.returncode == 0, r.stderr
     assert {line.rsplit(":", 1)[1] for line in r.stdout.splitlines()} == {"/"}  # its own cgroup is its root
+
+
+def test_v2_join_and_kill_on_a_real_cgroup2(ctrsh: Ctrsh) -> None:
+    """These hosts are cgroup v1, but a hybrid host's `unified` mount is a real cgroup2 (with no
+    controllers): the v2 join and teardown (`cgroup.kill`, then rmdir) run there for real."""
+    from ctrsh.facts import CgroupFacts, Facts
+
+    root = "/sys/fs/cgroup/unified"
+    if not os.path.exists(f"{root}/cgroup.procs"):
+        pytest.skip("no cgroup2 mount at /sys/fs/cgroup/unified (a pure v1 or a pure v2 host)")
+    v2 = CgroupFacts(version=2, mounts=(), root=root)
+    facts = Facts(state_dir=os.path.normpath(ctrsh.env["CTRSH_STATE_DIR"]), cgroups=v2, device_cgroup=False)
+    (mine,) = cgroups.cgroup_dirs(facts, "test-v2")
+    parents = cgroups.parents(facts)
+    subprocess.run(["mkdir", "-p", *parents], check=True)
+    try:
+        subprocess.run(["mkdir", mine], check=True)
+        tree = "sleep 1000 & sleep 1000 & setsid sleep 1000 </dev/null >/dev/null & echo started; exec sleep 1000"
+        proc = subprocess.Popen(
+            [*cgroups.join_argv(facts, "test-v2"), "sh", "-c", tree], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+        pids = [int(p) for p in Path(f"{mine}/cgroup.procs").read_text().split()]
+        assert proc.pid in pids and len(pids) == 4, pids  # joined before its first instruction; children follow
+        undo = cgroups.kill_undo(facts, "test-v2")
+        assert os.path.exists(f"{mine}/cgroup.kill")  # the kernel has it (5.14+): one write kills them all
+        subprocess.run(undo, check=True, timeout=30)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert not [p for p in pids if alive(p)] and not os.path.exists(mine)
+        subprocess.run(undo, check=True, timeout=30)  # again: undoing what is gone succeeds
+    finally:
+        subprocess.run(cgroups.kill_undo(facts, "test-v2"), timeout=30)
+        subprocess.run(["sh", "-c", cgroups.RMDIR_UNUSED, "ctrsh-rmdir", *parents], check=True)
+    assert not os.path.exists(parents[0])
