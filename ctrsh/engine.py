@@ -12,7 +12,7 @@ import shlex
 import sys
 from typing import Any
 
-from . import procs
+from . import oom, procs
 from .errors import StepFailed
 from .facts import Paths
 from .journal import Journal
@@ -93,8 +93,17 @@ def undo_all(journal: Journal, trace: Trace, mnt_nsfile: str) -> list[str]:
 def leftover_journal(paths: Paths) -> Journal:
     """The undos of a container whose ctrsh died: its journal, or, if it died before writing one,
     the undos of whatever of the container's is still there."""
+    from .phases import cgroups
+
+    # The cgroup holds every process of the container, also ones that left its namespaces: kill it
+    # even if ctrsh died between making it and journaling its undo (the undo is idempotent).
+    kill = cgroups.kill_undo(paths.facts, paths.name)
+    cgroup_left = any(os.path.isdir(d) for d in cgroups.cgroup_dirs(paths.facts, paths.name))
     if os.path.exists(paths.journal):
-        return Journal.load(paths.journal)
+        journal = Journal.load(paths.journal)
+        if cgroup_left and kill not in journal.undos:
+            journal.entries.append((kill, None))
+        return journal
     found: list[Argv] = []  # in the order apply creates them; undone in reverse
     if os.path.isdir(paths.state):
         found.append(("rm", "-rf", "--one-file-system", paths.state))
@@ -104,11 +113,17 @@ def leftover_journal(paths: Paths) -> Journal:
         found.append(("ip", "netns", "delete", paths.netns))
     if os.path.isdir(paths.layer):
         found.append(("rm", "-rf", "--one-file-system", paths.layer))
+    if cgroup_left:
+        parents = cgroups.parents(paths.facts)
+        found += [("sh", "-c", cgroups.RMDIR_UNUSED, "ctrsh-rmdir", *parents), kill]
     return Journal(paths.journal, [(undo, None) for undo in found])
 
 
-def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace) -> int:
-    """Run every step, then tear down; return the container's exit code."""
+def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace, oom_counter: str | None = None) -> int:
+    """Run every step, then tear down; return the container's exit code.
+
+    oom_counter: the container's cgroup file counting OOM kills, read once the container has
+    exited (and before teardown removes it) to say so, and exit 137, if the OOM killer struck."""
     journal = Journal(journal_path)
     signals = Signals(mnt_nsfile, trace)
     code = 0
@@ -125,6 +140,9 @@ def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace) -> int:
                         code = run_foreground(step.argv)
                     if signals.stopped_by_ctrl_c:
                         code = 130
+                    elif count := oom.kills(oom_counter):
+                        code, line = oom.verdict(count, code, oom.limit(oom_counter))
+                        say(line)
                 else:
                     try:
                         run_step(step.argv)

@@ -6,9 +6,10 @@ not YAML positions. Walking the node tree ourselves gives every error its exact
 `line:col`, reports all errors at once, and stays a page of code. The same
 type hints also produce the JSON Schema (`json_schema`).
 
-Supported hints: str, int, bool, list[T], dict[str, T], Literal[...], T | None
+Supported hints: str, int, bool, float (an integer is accepted too), list[T], dict[str, T], Literal[...], T | None
 and nested dataclasses. Field metadata: "doc" (text for the schema and the
-README), "check" (value -> error message or None, for rules beyond the type).
+README), "check" (value -> error message or None, for rules beyond the type), "schema" (the
+JSON Schema of a field whose hint says less than its check, e.g. a size written `256M` or 268435456).
 A dataclass with `one_of = True` (a ClassVar) needs exactly one field set.
 """
 
@@ -36,7 +37,7 @@ class _Invalid:
 INVALID: Any = _Invalid()
 INTERNAL = {"internal": True}  # field metadata: set by code, never a key in the YAML
 
-_KIND = {str: "a string", int: "an integer", bool: "a boolean (true/false)"}
+_KIND = {str: "a string", int: "an integer", bool: "a boolean (true/false)", float: "a number"}
 
 
 def pos(node: Node) -> Pos:
@@ -105,6 +106,8 @@ class Checker:
         value = self._scalar(node)
         if hint is str and isinstance(node, ScalarNode) and not isinstance(value, (bool, type(None), str)):
             value = node.value  # `[sleep, 10]`, a date: keep the text as written, not a number's repr
+        if hint is float and type(value) is int:
+            value = float(value)  # `cpus: 2` is a number too
         if type(value) is not hint:
             quote = f"; quote it to mean the text: '{node.value}'" if hint is str and isinstance(value, bool) else ""
             return self.error(node, f"{path}: expected {_KIND[hint]}, got {describe(node, value)}{quote}")
@@ -212,7 +215,7 @@ def json_schema(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     props: dict[str, Any] = {}
     for f in public_fields(cls).values():
-        prop = _schema_of(hints[f.name])
+        prop = dict(f.metadata["schema"]) if "schema" in f.metadata else _schema_of(hints[f.name])
         if doc := f.metadata.get("doc"):
             prop["description"] = doc
         props[f.name] = prop
@@ -242,4 +245,4 @@ def _schema_of(hint: Any) -> dict[str, Any]:
         return {"type": "object", "additionalProperties": _schema_of(typing.get_args(hint)[1])}
     if origin is Literal:
         return {"enum": list(typing.get_args(hint))}
-    return {"type": {str: "string", int: "integer", bool: "boolean"}[hint]}
+    return {"type": {str: "string", int: "integer", bool: "boolean", float: "number"}[hint]}

@@ -195,6 +195,52 @@ nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- mount -t mqueue -o nosuid,nodev,noe
 # /sys read-only. With no network namespace of its own it lists the host's interfaces.
 nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /run/ctrsh/hostnet/rootfs/sys
 
+# == cgroups: limit resources ==
+# The parent of this ctrsh instance's cgroups (named for its state dir); removed once no container uses it.
+mkdir -p /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh
+undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d"; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh'
+# The container's cgroup (a cgroup in each hierarchy): all its processes, also ones that leave its namespaces. Teardown kills every process in it first, then removes it.
+mkdir /sys/fs/cgroup/cpu/ctrsh/hostnet /sys/fs/cgroup/cpuacct/ctrsh/hostnet /sys/fs/cgroup/memory/ctrsh/hostnet /sys/fs/cgroup/pids/ctrsh/hostnet /sys/fs/cgroup/devices/ctrsh/hostnet /sys/fs/cgroup/freezer/ctrsh/hostnet
+undo 'sh -c '"'"'f=$1; shift
+listed() { for d; do if [ -d "$d" ]; then find "$d" -name cgroup.procs -exec cat {} +; fi; done; }
+n=0
+while [ -n "$(listed "$@")" ]; do
+  if [ "$n" -ge 100 ]; then echo "ctrsh: still running after 10 s:" $(listed "$@") >&2; exit 1; fi
+  for d; do if [ -e "$d/cgroup.kill" ]; then echo 1 > "$d/cgroup.kill"; fi; done
+  if [ -d "$f" ]; then
+    echo FROZEN > "$f/freezer.state"
+    i=0; while [ "$(cat "$f/freezer.state")" = FREEZING ] && [ $((i += 1)) -lt 100 ]; do sleep 0.01; done
+  fi
+  kill -9 $(listed "$@") 2>/dev/null || true
+  if [ -d "$f" ]; then echo THAWED > "$f/freezer.state"; fi
+  n=$((n + 1)); sleep 0.1
+done
+for d; do if [ -d "$d" ]; then find "$d" -depth -type d -exec rmdir {} +; fi; done'"'"' ctrsh-kill /sys/fs/cgroup/freezer/ctrsh/hostnet /sys/fs/cgroup/cpu/ctrsh/hostnet /sys/fs/cgroup/cpuacct/ctrsh/hostnet /sys/fs/cgroup/memory/ctrsh/hostnet /sys/fs/cgroup/pids/ctrsh/hostnet /sys/fs/cgroup/devices/ctrsh/hostnet /sys/fs/cgroup/freezer/ctrsh/hostnet'
+# Devices: deny every node first, as Docker does; CAP_MKNOD alone then makes nodes it cannot open.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write a /sys/fs/cgroup/devices/ctrsh/hostnet/devices.deny
+# Devices: allow 'c *:* m': make any node (not open it).
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c *:* m' /sys/fs/cgroup/devices/ctrsh/hostnet/devices.allow
+# Devices: allow 'b *:* m': make any node (not open it).
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'b *:* m' /sys/fs/cgroup/devices/ctrsh/hostnet/devices.allow
+# Devices: allow 'c 1:3 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:3 rwm' /sys/fs/cgroup/devices/ctrsh/hostnet/devices.allow
+# Devices: allow 'c 1:5 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:5 rwm' /sys/fs/cgroup/devices/ctrsh/hostnet/devices.allow
+# Devices: allow 'c 1:7 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:7 rwm' /sys/fs/cgroup/devices/ctrsh/hostnet/devices.allow
+# Devices: allow 'c 1:8 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:8 rwm' /sys/fs/cgroup/devices/ctrsh/hostnet/devices.allow
+# Devices: allow 'c 1:9 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:9 rwm' /sys/fs/cgroup/devices/ctrsh/hostnet/devices.allow
+# Devices: allow 'c 5:0 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:0 rwm' /sys/fs/cgroup/devices/ctrsh/hostnet/devices.allow
+# Devices: allow 'c 5:1 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:1 rwm' /sys/fs/cgroup/devices/ctrsh/hostnet/devices.allow
+# Devices: allow 'c 5:2 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:2 rwm' /sys/fs/cgroup/devices/ctrsh/hostnet/devices.allow
+# Devices: allow 'c 136:* rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 136:* rwm' /sys/fs/cgroup/devices/ctrsh/hostnet/devices.allow
+
 # == security: drop privileges ==
 # A private tmpfs for trusted copies of host tools: after pivot_root the image's own binaries are all there is, and none may run before privileges are dropped.
 nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- mount -t tmpfs -o mode=0700,size=16m,nosuid,nodev ctrsh-tools /run/ctrsh/hostnet/rootfs/.ctrsh
@@ -204,7 +250,7 @@ nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- cp /bin/busybox /usr/bin/setpriv /l
 # == process: start the container's PID 1 ==
 if ((stop)); then exit "$stop"; fi
 # Enter the namespaces and fork PID 1 of a new PID namespace in a session of its own. As the host's sh it mounts /proc, masks kernel paths, pivot_roots, detaches the old root with trusted tools, then setpriv drops capabilities and busybox closes leaked fds before the command runs.
-run_container nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- unshare --pid --fork --kill-child -- env -i --default-signal PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin setsid sh -euc 'set -f  # paths and PATH are split, never glob-expanded
+run_container sh -c 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"' ctrsh-join /sys/fs/cgroup/cpu/ctrsh/hostnet/cgroup.procs /sys/fs/cgroup/cpuacct/ctrsh/hostnet/cgroup.procs /sys/fs/cgroup/memory/ctrsh/hostnet/cgroup.procs /sys/fs/cgroup/pids/ctrsh/hostnet/cgroup.procs /sys/fs/cgroup/devices/ctrsh/hostnet/cgroup.procs /sys/fs/cgroup/freezer/ctrsh/hostnet/cgroup.procs -- nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- unshare --pid --fork --kill-child -- env -i --default-signal PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin setsid sh -euc 'set -f  # paths and PATH are split, never glob-expanded
 root=$1 cwd=$2 search=$3 nvars=$4
 shift 4
 # A closed stdin, stdout or stderr becomes /dev/null, as in Docker.
