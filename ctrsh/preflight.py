@@ -20,6 +20,11 @@ PACKAGES = {
     "umount": "mount",
     "pivot_root": "util-linux",
     "mknod": "coreutils",
+    "flock": "util-linux",
+    "debootstrap": "debootstrap",
+    "tar": "tar",
+    "find": "findutils",
+    "zstd": "zstd",
 }
 # Run inside the process phase's script, so not visible as any step's argv[0].
 INNER_TOOLS = ("mount", "pivot_root", "mkdir")

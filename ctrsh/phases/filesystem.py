@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..plan import Argv, Step
 from ..recipe import Namespace
-from . import Context
+from . import Context, etcfiles, rootfs, volumes
 
 
 def steps(c: Context) -> list[Step]:
@@ -33,10 +33,13 @@ def steps(c: Context) -> list[Step]:
             "This container's writable layer (upper) and overlayfs' scratch dir (work), on disk.",
             undo=("rm", "-rf", "--one-file-system", p.layer),
         ),
+        *rootfs.upper_mountpoints(c),  # TEMPORARY (images branch): superseded by the lead's pre-creation
         inside(
             ("mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={p.image('busybox')},upperdir={p.upper},workdir={p.work}", root),
-            "Root filesystem: the shared image read-only below, this container's own writes above (upper).",
+             f"{'ro,' if c.recipe.readonly else ''}lowerdir={rootfs.lower_dir(c)},upperdir={p.upper},workdir={p.work}",
+             root),
+            "Root filesystem: the shared image read-only below, this container's own writes above (upper)"
+            + (", all mounted read-only (readonly: true): writes fail with EROFS." if c.recipe.readonly else "."),
         ),
         inside(
             ("mount", "-t", "tmpfs", "-o", "nosuid,strictatime,mode=0755,size=65536k", "tmpfs", f"{root}/dev"),
@@ -60,4 +63,5 @@ def steps(c: Context) -> list[Step]:
             "/sys read-only, mounted from the container's network namespace so it lists only its interfaces.",
             "net",
         ),
+        *rootfs.record_image(c), *volumes.steps(c), *etcfiles.steps(c),
     ]  # fmt: skip

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Container "debian", exported by ctrsh 0.1.0 from recipes/debian.yaml.
+# It runs the same commands as `ctrsh apply recipes/debian.yaml`, with plain bash.
+# Run it as root. Everything it changes on the host is undone when it exits,
+# fails or is interrupted: each step that changes the host registers its undo.
+# shellcheck disable=SC2016  # '$1' in single quotes is for the inner sh, by design
+set -euo pipefail
+
+if [[ $EUID -ne 0 ]]; then
+  echo "$0: run this as root, e.g. sudo bash $0" >&2
+  exit 1
+fi
+
+undos=()  # commands that reverse what has run, oldest first
+stop=0    # set by a signal, acted on between steps: no step runs without its undo registered
+cleanup() {
+  local rc=$? i
+  if ((stop)); then rc=$stop; fi
+  trap - EXIT
+  trap '' INT TERM HUP  # a teardown cut short would leave the host half-changed
+  for ((i = ${#undos[@]} - 1; i >= 0; i--)); do
+    eval "${undos[i]}" || echo "$0: undo failed: ${undos[i]}" >&2
+  done
+  exit "$rc"
+}
+# After a step that changed the host: register what reverses it, then stop if asked to.
+undo() {
+  undos+=("$1")
+  if ((stop)); then exit "$stop"; fi
+}
+trap cleanup EXIT
+trap 'stop=130' INT
+trap 'stop=143' TERM
+trap 'stop=129' HUP
+
+# == rootfs: provide the root filesystem ==
+if [[ ! -e /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca && ! -L /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca ]]; then  # only if missing
+  n=${#undos[@]}
+  # Where built results are kept (made once).
+  mkdir -p /var/lib/ctrsh/images
+  # Clear what an earlier, interrupted build by this container name may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.tmp-debian
+  # Build Debian bookworm in a work dir of this container's own, beside its final place; a build cut short is never used.
+  mkdir -m 0755 /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.tmp-debian /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.tmp-debian/rootfs
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.tmp-debian'
+  # Download and unpack Debian bookworm (minbase) from http://deb.debian.org/debian; debootstrap prints each stage. Built once: later applies reuse the image.
+  unshare --mount --propagation private -- sh -c 'umask 022; exec debootstrap "$@"' ctrsh-debootstrap --variant=minbase -- bookworm /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.tmp-debian/rootfs http://deb.debian.org/debian
+  # Drop the downloaded .deb files: installed, they only take space in every copy of the image.
+  find /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.tmp-debian/rootfs/var/cache/apt/archives -xdev -name '*.deb' -type f -delete
+  # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
+  flock /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.lock sh -c 'if [ ! -e "$2" ]; then
+  printf "%s\n" "$3" >"$2.source"
+  mv -T "$1/rootfs" "$2"
+fi
+rm -rf --one-file-system "$1"
+' ctrsh-publish /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.tmp-debian /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca 'debootstrap bookworm minbase http://deb.debian.org/debian'
+  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
+fi
+if [[ ! -e /var/lib/ctrsh/dev && ! -L /var/lib/ctrsh/dev ]]; then  # only if missing
+  n=${#undos[@]}
+  # Where built results are kept (made once).
+  mkdir -p /var/lib/ctrsh
+  # Clear what an earlier, interrupted build by this container name may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/dev.tmp-debian
+  # Build a template for /dev in a work dir of this container's own, beside its final place; a build cut short is never used.
+  mkdir -m 0755 /var/lib/ctrsh/dev.tmp-debian /var/lib/ctrsh/dev.tmp-debian/rootfs
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/dev.tmp-debian'
+  # Mount points for ptys and shared memory; the template's own mode 0755 becomes /dev's.
+  mkdir -m 0755 /var/lib/ctrsh/dev.tmp-debian/rootfs/pts /var/lib/ctrsh/dev.tmp-debian/rootfs/shm
+  # /dev/null: character device 1:3, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp-debian/rootfs/null c 1 3
+  # /dev/zero: character device 1:5, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp-debian/rootfs/zero c 1 5
+  # /dev/full: character device 1:7, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp-debian/rootfs/full c 1 7
+  # /dev/random: character device 1:8, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp-debian/rootfs/random c 1 8
+  # /dev/urandom: character device 1:9, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp-debian/rootfs/urandom c 1 9
+  # /dev/tty: character device 5:0, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev.tmp-debian/rootfs/tty c 5 0
+  # /dev/fd -> /proc/self/fd, as on any Linux.
+  ln -s /proc/self/fd /var/lib/ctrsh/dev.tmp-debian/rootfs/fd
+  # /dev/stdin -> /proc/self/fd/0, as on any Linux.
+  ln -s /proc/self/fd/0 /var/lib/ctrsh/dev.tmp-debian/rootfs/stdin
+  # /dev/stdout -> /proc/self/fd/1, as on any Linux.
+  ln -s /proc/self/fd/1 /var/lib/ctrsh/dev.tmp-debian/rootfs/stdout
+  # /dev/stderr -> /proc/self/fd/2, as on any Linux.
+  ln -s /proc/self/fd/2 /var/lib/ctrsh/dev.tmp-debian/rootfs/stderr
+  # /dev/ptmx -> pts/ptmx, as on any Linux.
+  ln -s pts/ptmx /var/lib/ctrsh/dev.tmp-debian/rootfs/ptmx
+  # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
+  flock /var/lib/ctrsh/dev.lock sh -c 'if [ ! -e "$2" ]; then
+  printf "%s\n" "$3" >"$2.source"
+  mv -T "$1/rootfs" "$2"
+fi
+rm -rf --one-file-system "$1"
+' ctrsh-publish /var/lib/ctrsh/dev.tmp-debian /var/lib/ctrsh/dev 'dev template'
+  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
+fi
+
+# == namespaces: create the namespaces, persisted as files so each later step can enter them ==
+if [[ ! -e /run/ctrsh && ! -L /run/ctrsh ]]; then  # only if missing
+  # ctrsh's runtime state lives here; made only if missing, and then removed once no container uses it.
+  mkdir -p /run/ctrsh
+  undo 'rmdir --ignore-fail-on-non-empty /run/ctrsh'
+fi
+# This container's state: its namespace files and its root mount point. mkdir fails if it exists, so two containers never share a name.
+mkdir /run/ctrsh/debian /run/ctrsh/debian/ns /run/ctrsh/debian/rootfs
+undo 'rm -rf --one-file-system /run/ctrsh/debian'
+# A private mount point to hold namespace files: the kernel refuses them under a shared mount.
+mount --bind --make-private /run/ctrsh/debian/ns /run/ctrsh/debian/ns
+undo 'umount --recursive /run/ctrsh/debian/ns'
+# Empty files that namespaces will be bound to, keeping them alive.
+touch /run/ctrsh/debian/ns/mnt /run/ctrsh/debian/ns/uts /run/ctrsh/debian/ns/ipc
+# A network namespace, kept alive at /run/netns/ctrsh-debian: only lo, and it is down.
+ip netns add ctrsh-debian
+undo 'ip netns delete ctrsh-debian'
+# Create the namespaces, bind each to its file, then set the hostname inside them (the host's is untouched). Private propagation: no mount made inside ever reaches the host.
+unshare --mount=/run/ctrsh/debian/ns/mnt --uts=/run/ctrsh/debian/ns/uts --ipc=/run/ctrsh/debian/ns/ipc --propagation private hostname debian
+
+# == filesystem: assemble the container's mounts inside its own mount namespace ==
+if [[ ! -e /var/lib/ctrsh/containers && ! -L /var/lib/ctrsh/containers ]]; then  # only if missing
+  # Where containers' writable layers live while they run (made once, kept).
+  mkdir -p /var/lib/ctrsh/containers
+fi
+# This container's writable layer (upper) and overlayfs' scratch dir (work), on disk.
+mkdir /var/lib/ctrsh/containers/debian /var/lib/ctrsh/containers/debian/upper /var/lib/ctrsh/containers/debian/work
+undo 'rm -rf --one-file-system /var/lib/ctrsh/containers/debian'
+# Mount points as real dirs and files in the container's own upper layer, before the overlay is mounted: an image symlink at one of these paths cannot redirect a mount onto the host.
+sh -c 'umask 022; u=$1; shift
+for p; do
+  case $p in
+    d:*) mkdir -p "$u${p#d:}" ;;
+    f:*) f=$u${p#f:}; mkdir -p "${f%/*}"; [ -e "$f" ] || : >"$f" ;;
+  esac
+done' ctrsh-mountpoints /var/lib/ctrsh/containers/debian/upper f:/etc/hostname f:/etc/hosts f:/etc/resolv.conf
+# Root filesystem: the shared image read-only below, this container's own writes above (upper).
+nsenter --mount=/run/ctrsh/debian/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca,upperdir=/var/lib/ctrsh/containers/debian/upper,workdir=/var/lib/ctrsh/containers/debian/work /run/ctrsh/debian/rootfs
+# A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
+nsenter --mount=/run/ctrsh/debian/ns/mnt -- mount -t tmpfs -o nosuid,strictatime,mode=0755,size=65536k tmpfs /run/ctrsh/debian/rootfs/dev
+# Fill /dev from the template: six devices, the fd links, the pts and shm mount points.
+nsenter --mount=/run/ctrsh/debian/ns/mnt -- cp -a /var/lib/ctrsh/dev/. /run/ctrsh/debian/rootfs/dev/
+# The container's own pty instance (newinstance): it cannot see the host's terminals.
+nsenter --mount=/run/ctrsh/debian/ns/mnt -- mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts /run/ctrsh/debian/rootfs/dev/pts
+# /dev/shm for POSIX shared memory, private to the container, 64 MiB as in Docker.
+nsenter --mount=/run/ctrsh/debian/ns/mnt -- mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=65536k shm /run/ctrsh/debian/rootfs/dev/shm
+# /sys read-only, mounted from the container's network namespace so it lists only its interfaces.
+nsenter --mount=/run/ctrsh/debian/ns/mnt --net=/run/netns/ctrsh-debian -- mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /run/ctrsh/debian/rootfs/sys
+# Record which image this container is made from: `ctrsh rmi` refuses to remove an image in use.
+sh -c 'printf "%s\n" "$2" >"$1"' ctrsh-record /run/ctrsh/debian/image /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca
+# The container's own /etc/hostname, hosts, resolv.conf: written in its state dir (mode 0644).
+sh -c 'umask 022
+mkdir "$1"; d=$1; shift
+while [ $# -gt 0 ]; do printf "%s" "$2" >"$d/$1"; shift 2; done' ctrsh-etc /run/ctrsh/debian/etc hostname 'debian
+' hosts '127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+127.0.1.1	debian
+' resolv.conf 'nameserver 192.0.2.53
+'
+# /etc/hostname: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/debian/ns/mnt -- mount --bind /run/ctrsh/debian/etc/hostname /run/ctrsh/debian/rootfs/etc/hostname
+# /etc/hosts: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/debian/ns/mnt -- mount --bind /run/ctrsh/debian/etc/hosts /run/ctrsh/debian/rootfs/etc/hosts
+# /etc/resolv.conf: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/debian/ns/mnt -- mount --bind /run/ctrsh/debian/etc/resolv.conf /run/ctrsh/debian/rootfs/etc/resolv.conf
+
+# == network: configure the network namespace ==
+# Bring up loopback: a new network namespace starts with lo down.
+ip -n ctrsh-debian link set lo up
+
+# == process: start the container's PID 1 ==
+if ((stop)); then exit "$stop"; fi
+# Enter the namespaces, fork PID 1 of a new PID namespace, mount its /proc, pivot_root into the rootfs, drop the old root, and exec the command with a clean environment.
+nsenter --mount=/run/ctrsh/debian/ns/mnt --uts=/run/ctrsh/debian/ns/uts --ipc=/run/ctrsh/debian/ns/ipc --net=/run/netns/ctrsh-debian -- unshare --pid --cgroup --fork --kill-child -- sh -euc 'mount -t proc -o nosuid,nodev,noexec proc "$1/proc"
+cd "$1"
+mkdir -p .oldroot
+pivot_root . .oldroot
+umount -l /.oldroot
+rmdir /.oldroot
+cd "$2"
+shift 2
+exec "$@"
+' ctrsh-start /run/ctrsh/debian/rootfs / env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root HOSTNAME=debian /bin/sh -c '. /etc/os-release; echo "$PRETTY_NAME"; apt-get --version | head -1'
+if ((stop)); then exit "$stop"; fi
+
+# The EXIT trap now tears everything down: the undos above, newest first.
