@@ -193,7 +193,7 @@ def debootstrap_image(c: Context) -> list[Step]:
         *b.start(f"Debian {d.suite}"),
         b.step(
             ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", DEBOOTSTRAP, "ctrsh-debootstrap",
-             *opts, "--", d.suite, b.rootfs, mirror),
+             *opts, d.suite, b.rootfs, mirror),
             f"Download and unpack Debian {d.suite} ({d.variant}) from {mirror}; debootstrap prints each stage. "
             "Built once: later applies reuse the image.",
             progress=True,
