@@ -44,7 +44,7 @@ if [[ ! -e /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca && ! -L /var/lib/
   mkdir -m 0755 /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.tmp-debian /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.tmp-debian/rootfs
   undo 'rm -rf --one-file-system /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.tmp-debian'
   # Download and unpack Debian bookworm (minbase) from http://deb.debian.org/debian; debootstrap prints each stage. Built once: later applies reuse the image.
-  unshare --mount --propagation private -- sh -c 'umask 022; exec debootstrap "$@"' ctrsh-debootstrap --variant=minbase -- bookworm /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.tmp-debian/rootfs http://deb.debian.org/debian
+  unshare --mount --propagation private -- sh -c 'umask 022; exec debootstrap "$@"' ctrsh-debootstrap --variant=minbase bookworm /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.tmp-debian/rootfs http://deb.debian.org/debian
   # Drop the downloaded .deb files: installed, they only take space in every copy of the image.
   find /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.tmp-debian/rootfs/var/cache/apt/archives -xdev -name '*.deb' -type f -delete
   # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
