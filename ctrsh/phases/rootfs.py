@@ -65,7 +65,15 @@ def steps(c: Context) -> list[Step]:
         image = []  # used in place, read-only: nothing to build, nothing ever written there
     else:
         image = busybox_image(c)
-    return image + dev_template(c)
+    builds = [s for s in image + dev_template(c) if s.argv[:2] == ("mkdir", "-m") and s.undo]
+    # A build that lost the race (another apply published first) has its remaining steps skipped,
+    # its publish too: its work dir goes here, after the builds, whatever happened.
+    sweep = Step(
+        "rootfs",
+        ("rm", "-rf", "--one-file-system", *(s.argv[3] for s in builds)),
+        "Remove this apply's build work dirs, left behind if another apply published the same image first.",
+    )
+    return image + dev_template(c) + [sweep]
 
 
 def lower_dir(c: Context) -> str:
@@ -102,6 +110,8 @@ def upper_mountpoints(c: Context) -> list[Step]:
     from . import etcfiles, volumes
 
     points = [*volumes.mountpoints(c), *etcfiles.mountpoints(c)]
+    if c.recipe.readonly:
+        points.append(("/.oldroot", True))  # pivot_root's put_old: cannot be made once the root is read-only
     args = [f"{'d' if is_dir else 'f'}:{path}" for path, is_dir in points]
     return [
         Step(
@@ -228,7 +238,7 @@ def tarball_image(c: Context) -> list[Step]:
     archive = f"{b.work}/archive"
     return [
         *b.start(f"the image of {path}"),
-        b.step(("cp", "--", path, archive), "A private copy of the archive: what is checked is what is unpacked."),
+        b.step(("cp", path, archive), "A private copy of the archive: what is checked is what is unpacked."),
         b.step(
             ("sh", "-c", 'printf "%s  %s\\n" "$1" "$2" | sha256sum --check --quiet --strict -', "ctrsh-verify",
              digest, archive),

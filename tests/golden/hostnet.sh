@@ -111,6 +111,8 @@ rm -rf --one-file-system "$1"
 ' ctrsh-publish /var/lib/ctrsh/dev.tmp-hostnet /var/lib/ctrsh/dev 'dev template'
   undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
 fi
+# Remove this apply's build work dirs, left behind if another apply published the same image first.
+rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-hostnet /var/lib/ctrsh/dev.tmp-hostnet
 
 # == namespaces: create the namespaces, persisted as files so each later step can enter them ==
 if [[ ! -e /run/ctrsh && ! -L /run/ctrsh ]]; then  # only if missing

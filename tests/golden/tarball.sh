@@ -44,7 +44,7 @@ if [[ ! -e /var/lib/ctrsh/images/tarball-abababababababab && ! -L /var/lib/ctrsh
   mkdir -m 0755 /var/lib/ctrsh/images/tarball-abababababababab.tmp-tarball /var/lib/ctrsh/images/tarball-abababababababab.tmp-tarball/rootfs
   undo 'rm -rf --one-file-system /var/lib/ctrsh/images/tarball-abababababababab.tmp-tarball'
   # A private copy of the archive: what is checked is what is unpacked.
-  cp -- /src/ctrsh/recipes/rootfs.tar /var/lib/ctrsh/images/tarball-abababababababab.tmp-tarball/archive
+  cp /src/ctrsh/recipes/rootfs.tar /var/lib/ctrsh/images/tarball-abababababababab.tmp-tarball/archive
   # The copy must be the file whose every entry was checked before compiling (same sha256), not one swapped in since.
   sh -c 'printf "%s  %s\n" "$1" "$2" | sha256sum --check --quiet --strict -' ctrsh-verify abababababababababababababababababababababababababababababababab /var/lib/ctrsh/images/tarball-abababababababab.tmp-tarball/archive
   # Unpack with the archive's own owners (numeric, not mapped through the host's names) and modes.
@@ -100,6 +100,8 @@ rm -rf --one-file-system "$1"
 ' ctrsh-publish /var/lib/ctrsh/dev.tmp-tarball /var/lib/ctrsh/dev 'dev template'
   undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
 fi
+# Remove this apply's build work dirs, left behind if another apply published the same image first.
+rm -rf --one-file-system /var/lib/ctrsh/images/tarball-abababababababab.tmp-tarball /var/lib/ctrsh/dev.tmp-tarball
 
 # == namespaces: create the namespaces, persisted as files so each later step can enter them ==
 if [[ ! -e /run/ctrsh && ! -L /run/ctrsh ]]; then  # only if missing
@@ -136,7 +138,7 @@ for p; do
     d:*) mkdir -p "$u${p#d:}" ;;
     f:*) f=$u${p#f:}; mkdir -p "${f%/*}"; [ -e "$f" ] || : >"$f" ;;
   esac
-done' ctrsh-mountpoints /var/lib/ctrsh/containers/tarball/upper f:/etc/hostname f:/etc/hosts f:/etc/resolv.conf
+done' ctrsh-mountpoints /var/lib/ctrsh/containers/tarball/upper f:/etc/hostname f:/etc/hosts f:/etc/resolv.conf d:/.oldroot
 # Root filesystem: the shared image read-only below, this container's own writes above (upper), all mounted read-only (readonly: true): writes fail with EROFS.
 nsenter --mount=/run/ctrsh/tarball/ns/mnt -- mount -t overlay overlay -o ro,lowerdir=/var/lib/ctrsh/images/tarball-abababababababab,upperdir=/var/lib/ctrsh/containers/tarball/upper,workdir=/var/lib/ctrsh/containers/tarball/work /run/ctrsh/tarball/rootfs
 # A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.

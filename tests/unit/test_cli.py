@@ -56,7 +56,10 @@ def test_bad_recipe_runs_nothing(tmp_path: Path, spy_path: tuple[dict[str, str],
     bad.write_text("name: ok\nrootfs: {busybox: {}}\nprocess: {args: [a]}\nnetwork: {}\n")
     r = ctrsh("apply", str(bad), env=env)
     assert (r.returncode, r.stdout) == (2, "")
-    assert r.stderr == f"{bad}:4:1: unknown key 'network' (known: name, rootfs, process, hostname, namespaces, readonly, mounts, dns)\n"
+    assert (
+        r.stderr
+        == f"{bad}:4:1: unknown key 'network' (known: name, rootfs, process, hostname, namespaces, readonly, mounts, dns)\n"
+    )
     assert not log.exists() and not (tmp_path / "run").exists()
 
 
