@@ -39,7 +39,7 @@ def busybox_image(ctrsh: Ctrsh) -> Path:
 
 
 def make_tarball(src: Path, dest: Path) -> Path:
-    subprocess.run(["tar", "-C", str(src), "-czf", str(dest), "."], check=True)
+    subprocess.run(["tar", "-C", str(src), "-caf", str(dest), "."], check=True)
     return dest
 
 
