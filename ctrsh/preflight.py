@@ -25,9 +25,12 @@ PACKAGES = {
     "tar": "tar",
     "find": "findutils",
     "zstd": "zstd",
+    "setsid": "util-linux",
+    "setpriv": "util-linux",
+    "script": "bsdutils",
 }
 # Run inside the process phase's script, so not visible as any step's argv[0].
-INNER_TOOLS = ("mount", "pivot_root", "mkdir")
+INNER_TOOLS = ("mount", "pivot_root", "env", "setsid", "setpriv")
 
 
 def require_root(what: str) -> None:

@@ -10,6 +10,27 @@ from __future__ import annotations
 from ..plan import Argv, Step
 from ..recipe import Namespace
 from . import Context, etcfiles, rootfs, volumes
+from .security import TOOLS
+
+# Where ctrsh itself mounts in every container: /proc, /dev, /sys, the tools and the old root.
+FIXED_DIRS = ("/proc", "/dev", "/sys", TOOLS, "/.oldroot", "/etc")
+FIXED_FILES = ("/etc/ld.so.preload",)
+
+
+def mountpoints(c: Context) -> tuple[list[str], list[str]]:
+    """(directories, files) inside the rootfs that ctrsh mounts onto, each directory's parents
+    listed before it, so that `mkdir` without -p makes them all with the mode it is given."""
+    dirs: list[str] = []
+    extra = [*volumes.mountpoints(c), *etcfiles.mountpoints(c)]  # the recipe's volumes, /etc/hosts...
+    files = [*FIXED_FILES, *(path for path, is_dir in extra if not is_dir)]
+    extra_dirs = [path for path, is_dir in extra if is_dir]
+    for path in (*FIXED_DIRS, *extra_dirs, *(f.rsplit("/", 1)[0] for f in files)):
+        parts = path.strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            d = "/" + "/".join(parts[:i])
+            if d not in dirs:
+                dirs.append(d)
+    return dirs, files
 
 
 def steps(c: Context) -> list[Step]:
@@ -20,6 +41,13 @@ def steps(c: Context) -> list[Step]:
         return Step("filesystem", (*c.nsenter("mount", *also), *argv), why)
 
     containers = f"{c.facts.data_dir}/containers"
+    dirs, files = mountpoints(c)
+    nodev = "" if c.facts.device_cgroup else ",nodev"
+    ro = "ro," if c.recipe.readonly else ""
+    if "net" in c.namespaces:
+        sys_why = "/sys read-only, mounted from the container's network namespace so it lists only its interfaces."
+    else:
+        sys_why = "/sys read-only. With no network namespace of its own it lists the host's interfaces."
     return [
         Step(
             "filesystem",
@@ -33,13 +61,24 @@ def steps(c: Context) -> list[Step]:
             "This container's writable layer (upper) and overlayfs' scratch dir (work), on disk.",
             undo=("rm", "-rf", "--one-file-system", p.layer),
         ),
-        *rootfs.upper_mountpoints(c),  # TEMPORARY (images branch): superseded by the lead's pre-creation
+        Step(
+            "filesystem",
+            ("mkdir", "-m", "0755", *(f"{p.upper}{d}" for d in dirs)),
+            "Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper "
+            "layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.",
+        ),
+        Step(
+            "filesystem",
+            ("install", "-m", "0644", "/dev/null", *(f"{p.upper}{f}" for f in files)),
+            "Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, "
+            "and its loader must not load a library the image names there.",
+        ),
         inside(
             ("mount", "-t", "overlay", "overlay", "-o",
-             f"{'ro,' if c.recipe.readonly else ''}lowerdir={rootfs.lower_dir(c)},upperdir={p.upper},workdir={p.work}",
-             root),
-            "Root filesystem: the shared image read-only below, this container's own writes above (upper)"
-            + (", all mounted read-only (readonly: true): writes fail with EROFS." if c.recipe.readonly else "."),
+             f"{ro}lowerdir={rootfs.lower_dir(c)},upperdir={p.upper},workdir={p.work}{nodev}", root),
+            "Root filesystem: the shared image read-only below, this container's own writes above (upper)."
+            + ("" if not nodev else " nodev: without a device cgroup, no device node on it may be opened.")
+            + (" Mounted read-only (readonly: true): writes fail with EROFS." if c.recipe.readonly else ""),
         ),
         inside(
             ("mount", "-t", "tmpfs", "-o", "nosuid,strictatime,mode=0755,size=65536k", "tmpfs", f"{root}/dev"),
@@ -47,7 +86,7 @@ def steps(c: Context) -> list[Step]:
         ),
         inside(
             ("cp", "-a", f"{p.dev_template}/.", f"{root}/dev/"),
-            "Fill /dev from the template: six devices, the fd links, the pts and shm mount points.",
+            "Fill /dev from the template: six devices, the fd links, the pts, shm and mqueue mount points.",
         ),
         inside(
             ("mount", "-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec", "devpts",
@@ -59,9 +98,10 @@ def steps(c: Context) -> list[Step]:
             "/dev/shm for POSIX shared memory, private to the container, 64 MiB as in Docker.",
         ),
         inside(
-            ("mount", "-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", f"{root}/sys"),
-            "/sys read-only, mounted from the container's network namespace so it lists only its interfaces.",
-            "net",
+            ("mount", "-t", "mqueue", "-o", "nosuid,nodev,noexec", "mqueue", f"{root}/dev/mqueue"),
+            "/dev/mqueue for POSIX message queues, those of the container's IPC namespace.",
+            "ipc",
         ),
+        inside(("mount", "-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", f"{root}/sys"), sys_why, "net"),
         *rootfs.record_image(c), *volumes.steps(c), *etcfiles.steps(c),
     ]  # fmt: skip

@@ -23,6 +23,7 @@ DEV_LINKS = (
     ("/proc/self/fd/1", "stdout"),
     ("/proc/self/fd/2", "stderr"),
     ("pts/ptmx", "ptmx"),
+    ("/proc/kcore", "core"),
 )
 
 # For each applet path busybox lists (bin/ls, usr/bin/env), a link relative to
@@ -90,35 +91,6 @@ def record_image(c: Context) -> list[Step]:
             "filesystem",
             ("sh", "-c", 'printf "%s\\n" "$2" >"$1"', "ctrsh-record", f"{c.paths.state}/image", lower_dir(c)),
             "Record which image this container is made from: `ctrsh rmi` refuses to remove an image in use.",
-        )
-    ]
-
-
-# TEMPORARY until the lead's filesystem hardening lands (it makes every mount point a
-# real dir/file in the upper layer from etcfiles/volumes.mountpoints()). The upper
-# layer is a fresh dir of ctrsh's own: no image symlink can redirect these.
-MOUNTPOINTS = """umask 022; u=$1; shift
-for p; do
-  case $p in
-    d:*) mkdir -p "$u${p#d:}" ;;
-    f:*) f=$u${p#f:}; mkdir -p "${f%/*}"; [ -e "$f" ] || : >"$f" ;;
-  esac
-done"""
-
-
-def upper_mountpoints(c: Context) -> list[Step]:
-    from . import etcfiles, volumes
-
-    points = [*volumes.mountpoints(c), *etcfiles.mountpoints(c)]
-    if c.recipe.readonly:
-        points.append(("/.oldroot", True))  # pivot_root's put_old: cannot be made once the root is read-only
-    args = [f"{'d' if is_dir else 'f'}:{path}" for path, is_dir in points]
-    return [
-        Step(
-            "filesystem",
-            ("sh", "-c", MOUNTPOINTS, "ctrsh-mountpoints", c.paths.upper, *args),
-            "Mount points as real dirs and files in the container's own upper layer, before the overlay is "
-            "mounted: an image symlink at one of these paths cannot redirect a mount onto the host.",
         )
     ]
 
@@ -266,8 +238,8 @@ def dev_template(c: Context) -> list[Step]:
     out = [
         *b.start("a template for /dev"),
         b.step(
-            ("mkdir", "-m", "0755", f"{tmp}/pts", f"{tmp}/shm"),
-            "Mount points for ptys and shared memory; the template's own mode 0755 becomes /dev's.",
+            ("mkdir", "-m", "0755", f"{tmp}/pts", f"{tmp}/shm", f"{tmp}/mqueue"),
+            "Mount points for ptys, shared memory and message queues; the template's own mode 0755 becomes /dev's.",
         ),
     ]
     for name, major, minor in DEVICES:
