@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from .errors import UsageError
 from .hostfiles import HostFiles
 
+DEV_TEMPLATE_VERSION = 2  # bump whenever rootfs.dev_template's contents change
+
 STATE_ENV, DATA_ENV = "CTRSH_STATE_DIR", "CTRSH_DATA_DIR"
 DEFAULT_STATE, DEFAULT_DATA = "/run/ctrsh", "/var/lib/ctrsh"
 
@@ -81,7 +83,8 @@ class Paths:
 
     @property
     def dev_template(self) -> str:
-        return f"{self.facts.data_dir}/dev"
+        # Versioned: a template cached by an older ctrsh (without /dev/mqueue, say) is not reused.
+        return f"{self.facts.data_dir}/dev-{DEV_TEMPLATE_VERSION}"
 
     def image(self, kind: str) -> str:
         return f"{self.facts.data_dir}/images/{kind}"

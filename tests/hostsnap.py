@@ -58,8 +58,13 @@ def _data_residue(data_dir: str) -> list[str]:
     images = [f"images/{n}" for n in ls(f"{data_dir}/images") if ".tmp-" in n or ".rm-" in n]
     layers = [f"containers/{n}" for n in ls(f"{data_dir}/containers")]
     volumes = [f"volumes/{n}" for n in ls(f"{data_dir}/volumes")]
-    kept = ("images", "dev", "dev.lock", "dev.source", "containers", "volumes")
-    return [n for n in ls(data_dir) if n not in kept] + images + layers + volumes
+    kept = ("images", "containers", "volumes")
+    return (
+        [n for n in ls(data_dir) if n not in kept and not (n.startswith("dev-") and ".tmp-" not in n)]
+        + images
+        + layers
+        + volumes
+    )
 
 
 def snapshot(state_dir: str, data_dir: str) -> dict[str, object]:

@@ -67,11 +67,16 @@ def steps(c: Context) -> list[Step]:
             "Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper "
             "layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.",
         ),
-        Step(
-            "filesystem",
-            ("install", "-m", "0644", "/dev/null", *(f"{p.upper}{f}" for f in files)),
-            "Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, "
-            "and its loader must not load a library the image names there.",
+        *(
+            Step(
+                "filesystem",
+                ("install", "-m", "0644", "/dev/null", f"{p.upper}{f}"),  # one each: with more, the last is a dir
+                "Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, "
+                "and its loader must not load a library the image names there."
+                if f == "/etc/ld.so.preload"
+                else f"Likewise for {f}, mounted over.",
+            )
+            for f in files
         ),
         inside(
             ("mount", "-t", "overlay", "overlay", "-o",

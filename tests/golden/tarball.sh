@@ -59,52 +59,52 @@ rm -rf --one-file-system "$1"
 ' ctrsh-publish /var/lib/ctrsh/images/tarball-abababababababab.tmp-tarball /var/lib/ctrsh/images/tarball-abababababababab 'tarball /src/ctrsh/recipes/rootfs.tar sha256:abababababababababababababababababababababababababababababababab'
   undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
 fi
-if [[ ! -e /var/lib/ctrsh/dev && ! -L /var/lib/ctrsh/dev ]]; then  # only if missing
+if [[ ! -e /var/lib/ctrsh/dev-2 && ! -L /var/lib/ctrsh/dev-2 ]]; then  # only if missing
   n=${#undos[@]}
   # Where built results are kept (made once).
   mkdir -p /var/lib/ctrsh
   # Clear what an earlier, interrupted build by this container name may have left.
-  rm -rf --one-file-system /var/lib/ctrsh/dev.tmp-tarball
+  rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-tarball
   # Build a template for /dev in a work dir of this container's own, beside its final place; a build cut short is never used.
-  mkdir -m 0755 /var/lib/ctrsh/dev.tmp-tarball /var/lib/ctrsh/dev.tmp-tarball/rootfs
-  undo 'rm -rf --one-file-system /var/lib/ctrsh/dev.tmp-tarball'
+  mkdir -m 0755 /var/lib/ctrsh/dev-2.tmp-tarball /var/lib/ctrsh/dev-2.tmp-tarball/rootfs
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-tarball'
   # Mount points for ptys, shared memory and message queues; the template's own mode 0755 becomes /dev's.
-  mkdir -m 0755 /var/lib/ctrsh/dev.tmp-tarball/rootfs/pts /var/lib/ctrsh/dev.tmp-tarball/rootfs/shm /var/lib/ctrsh/dev.tmp-tarball/rootfs/mqueue
+  mkdir -m 0755 /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/pts /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/shm /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/mqueue
   # /dev/null: character device 1:3, one of the six devices every container gets.
-  mknod -m 666 /var/lib/ctrsh/dev.tmp-tarball/rootfs/null c 1 3
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/null c 1 3
   # /dev/zero: character device 1:5, one of the six devices every container gets.
-  mknod -m 666 /var/lib/ctrsh/dev.tmp-tarball/rootfs/zero c 1 5
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/zero c 1 5
   # /dev/full: character device 1:7, one of the six devices every container gets.
-  mknod -m 666 /var/lib/ctrsh/dev.tmp-tarball/rootfs/full c 1 7
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/full c 1 7
   # /dev/random: character device 1:8, one of the six devices every container gets.
-  mknod -m 666 /var/lib/ctrsh/dev.tmp-tarball/rootfs/random c 1 8
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/random c 1 8
   # /dev/urandom: character device 1:9, one of the six devices every container gets.
-  mknod -m 666 /var/lib/ctrsh/dev.tmp-tarball/rootfs/urandom c 1 9
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/urandom c 1 9
   # /dev/tty: character device 5:0, one of the six devices every container gets.
-  mknod -m 666 /var/lib/ctrsh/dev.tmp-tarball/rootfs/tty c 5 0
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/tty c 5 0
   # /dev/fd -> /proc/self/fd, as on any Linux.
-  ln -s /proc/self/fd /var/lib/ctrsh/dev.tmp-tarball/rootfs/fd
+  ln -s /proc/self/fd /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/fd
   # /dev/stdin -> /proc/self/fd/0, as on any Linux.
-  ln -s /proc/self/fd/0 /var/lib/ctrsh/dev.tmp-tarball/rootfs/stdin
+  ln -s /proc/self/fd/0 /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/stdin
   # /dev/stdout -> /proc/self/fd/1, as on any Linux.
-  ln -s /proc/self/fd/1 /var/lib/ctrsh/dev.tmp-tarball/rootfs/stdout
+  ln -s /proc/self/fd/1 /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/stdout
   # /dev/stderr -> /proc/self/fd/2, as on any Linux.
-  ln -s /proc/self/fd/2 /var/lib/ctrsh/dev.tmp-tarball/rootfs/stderr
+  ln -s /proc/self/fd/2 /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/stderr
   # /dev/ptmx -> pts/ptmx, as on any Linux.
-  ln -s pts/ptmx /var/lib/ctrsh/dev.tmp-tarball/rootfs/ptmx
+  ln -s pts/ptmx /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/ptmx
   # /dev/core -> /proc/kcore, as on any Linux.
-  ln -s /proc/kcore /var/lib/ctrsh/dev.tmp-tarball/rootfs/core
+  ln -s /proc/kcore /var/lib/ctrsh/dev-2.tmp-tarball/rootfs/core
   # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
-  flock /var/lib/ctrsh/dev.lock sh -c 'if [ ! -e "$2" ]; then
+  flock /var/lib/ctrsh/dev-2.lock sh -c 'if [ ! -e "$2" ]; then
   printf "%s\n" "$3" >"$2.source"
   mv -T "$1/rootfs" "$2"
 fi
 rm -rf --one-file-system "$1"
-' ctrsh-publish /var/lib/ctrsh/dev.tmp-tarball /var/lib/ctrsh/dev 'dev template'
+' ctrsh-publish /var/lib/ctrsh/dev-2.tmp-tarball /var/lib/ctrsh/dev-2 'dev template'
   undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
 fi
 # Remove this apply's build work dirs, left behind if another apply published the same image first.
-rm -rf --one-file-system /var/lib/ctrsh/images/tarball-abababababababab.tmp-tarball /var/lib/ctrsh/dev.tmp-tarball
+rm -rf --one-file-system /var/lib/ctrsh/images/tarball-abababababababab.tmp-tarball /var/lib/ctrsh/dev-2.tmp-tarball
 
 # == namespaces: create the namespaces, persisted as files so each later step can enter them ==
 if [[ ! -e /run/ctrsh && ! -L /run/ctrsh ]]; then  # only if missing
@@ -137,13 +137,19 @@ undo 'rm -rf --one-file-system /var/lib/ctrsh/containers/tarball'
 # Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
 mkdir -m 0755 /var/lib/ctrsh/containers/tarball/upper/proc /var/lib/ctrsh/containers/tarball/upper/dev /var/lib/ctrsh/containers/tarball/upper/sys /var/lib/ctrsh/containers/tarball/upper/.ctrsh /var/lib/ctrsh/containers/tarball/upper/.oldroot /var/lib/ctrsh/containers/tarball/upper/etc
 # Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/tarball/upper/etc/ld.so.preload /var/lib/ctrsh/containers/tarball/upper/etc/hostname /var/lib/ctrsh/containers/tarball/upper/etc/hosts /var/lib/ctrsh/containers/tarball/upper/etc/resolv.conf
+install -m 0644 /dev/null /var/lib/ctrsh/containers/tarball/upper/etc/ld.so.preload
+# Likewise for /etc/hostname, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/tarball/upper/etc/hostname
+# Likewise for /etc/hosts, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/tarball/upper/etc/hosts
+# Likewise for /etc/resolv.conf, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/tarball/upper/etc/resolv.conf
 # Root filesystem: the shared image read-only below, this container's own writes above (upper). Mounted read-only (readonly: true): writes fail with EROFS.
 nsenter --mount=/run/ctrsh/tarball/ns/mnt -- mount -t overlay overlay -o ro,lowerdir=/var/lib/ctrsh/images/tarball-abababababababab,upperdir=/var/lib/ctrsh/containers/tarball/upper,workdir=/var/lib/ctrsh/containers/tarball/work /run/ctrsh/tarball/rootfs
 # A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
 nsenter --mount=/run/ctrsh/tarball/ns/mnt -- mount -t tmpfs -o nosuid,strictatime,mode=0755,size=65536k tmpfs /run/ctrsh/tarball/rootfs/dev
 # Fill /dev from the template: six devices, the fd links, the pts, shm and mqueue mount points.
-nsenter --mount=/run/ctrsh/tarball/ns/mnt -- cp -a /var/lib/ctrsh/dev/. /run/ctrsh/tarball/rootfs/dev/
+nsenter --mount=/run/ctrsh/tarball/ns/mnt -- cp -a /var/lib/ctrsh/dev-2/. /run/ctrsh/tarball/rootfs/dev/
 # The container's own pty instance (newinstance): it cannot see the host's terminals.
 nsenter --mount=/run/ctrsh/tarball/ns/mnt -- mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts /run/ctrsh/tarball/rootfs/dev/pts
 # /dev/shm for POSIX shared memory, private to the container, 64 MiB as in Docker.

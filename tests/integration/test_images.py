@@ -163,11 +163,6 @@ def test_writes_land_only_in_the_upper_layer(kind: tuple[Ctrsh, str], tmp_path: 
     assert a.returncode == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="process.py's start script runs `rmdir /.oldroot` after pivot_root, which a read-only root refuses: "
-    "it must tolerate EROFS there (or remount / ro after the pivot). Remove this mark when it does.",
-)
 def test_readonly_root(kind: tuple[Ctrsh, str]) -> None:
     c, rootfs = kind
     r = c.run("apply", "-q", c.recipe(recipe("test-ro", rootfs, "touch /x; echo $?", "readonly: true\n")))

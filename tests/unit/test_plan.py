@@ -132,7 +132,7 @@ def test_env_cwd_and_hostname_reach_the_start_step() -> None:
 def test_cached_steps_are_marked() -> None:
     plan = plan_of(BASE)
     kept = {s.creates for s in plan.steps if s.keep}
-    assert kept == {"/var/lib/ctrsh/images/busybox", "/var/lib/ctrsh/dev"}
+    assert kept == {"/var/lib/ctrsh/images/busybox", "/var/lib/ctrsh/dev-2"}
     assert all(s.phase == "rootfs" and s.creates for s in plan.steps if s.keep)
     only_if_missing = {s.creates for s in plan.steps if s.creates and not s.keep}
     assert only_if_missing == {"/run/ctrsh", "/var/lib/ctrsh/containers"}
