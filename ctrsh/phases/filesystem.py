@@ -78,6 +78,7 @@ def steps(c: Context) -> list[Step]:
             )
             for f in files
         ),
+        *volumes.parent_modes(c, rootfs.lower_dir(c)),
         inside(
             ("mount", "-t", "overlay", "overlay", "-o",
              f"{ro}lowerdir={rootfs.lower_dir(c)},upperdir={p.upper},workdir={p.work}{nodev}", root),

@@ -37,6 +37,37 @@ def mountpoints(c: Context) -> list[tuple[str, bool]]:
     return out
 
 
+# $1 the image (lower), $2 the upper layer, then the dirs. A parent made in the upper layer
+# for a mount point (/tmp for /tmp/x) would hide the image's own mode (1777) with 0755:
+# give it the image's mode and owner where the image has that dir, inside the image.
+PARENT_MODES = """l=$(realpath -e -- "$1") u=$2; shift 2
+for d; do
+  r=$(realpath -e -- "$l$d" 2>/dev/null) || continue
+  case $r in "$l"/*) [ -d "$r" ] && chmod --reference="$r" "$u$d" && chown --reference="$r" "$u$d" ;; esac
+done
+true"""
+
+
+def parent_modes(c: Context, lower: str) -> list[Step]:
+    """Steps, after the mount points are made in the upper layer and before the overlay is mounted."""
+    parents: list[str] = []
+    for target, _ in mountpoints(c):
+        parts = target.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/" + "/".join(parts[:i])
+            if d not in parents:
+                parents.append(d)
+    if not parents:
+        return []
+    return [
+        Step(
+            "filesystem",
+            ("sh", "-c", PARENT_MODES, "ctrsh-modes", lower, c.paths.upper, *parents),
+            "Parents of the volumes' mount points keep the image's own mode and owner (/tmp stays 1777).",
+        )
+    ]
+
+
 def steps(c: Context) -> list[Step]:
     root = c.paths.rootfs
 

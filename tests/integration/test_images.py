@@ -218,6 +218,15 @@ def test_bind_and_tmpfs_mounts(ctrsh: Ctrsh, tmp_path: Path) -> None:
     assert (ro / "f").read_text() == "host\n"
 
 
+def test_mount_point_parents_keep_the_images_modes(kind: tuple[Ctrsh, str]) -> None:
+    """/tmp/x as a target makes /tmp in the upper layer: it must stay 1777 as in the image."""
+    c, rootfs = kind
+    extra = "mounts:\n  - {type: tmpfs, target: /tmp/x/y}\n"
+    r = c.run("apply", "-q", c.recipe(recipe("test-parents", rootfs, "stat -c '%n %a' /tmp /tmp/x /tmp/x/y", extra)))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["/tmp 1777", "/tmp/x 755", "/tmp/x/y 1777"]
+
+
 def test_volumes_recipe(ctrsh: Ctrsh) -> None:
     text = (ROOT / "recipes/volumes.yaml").read_text().replace("name: volumes", "name: test-volumes")
     path = ROOT / "recipes" / ".test-volumes.yaml"  # beside the shipped one: its bind source is `.`
