@@ -359,7 +359,10 @@ def parallel(ctrsh: Ctrsh, rootfs: str, n: int = 2) -> list[subprocess.Completed
     procs = [
         subprocess.Popen(
             ctrsh.cmd("apply", "-q", ctrsh.recipe(recipe(f"test-par{i}", rootfs, "ls /bin/busybox; stat -c %a /bin /etc /etc/passwd"), f"p{i}.yaml")),
-            env=ctrsh.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # A state dir each: this is about the shared image cache (a shared state dir's last-one-out
+            # `rmdir` races between containers; that is the namespaces phase's, reported separately).
+            env={**ctrsh.env, "CTRSH_STATE_DIR": f"{ctrsh.env['CTRSH_STATE_DIR']}-par{i}"},
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             preexec_fn=lambda: os.umask(0o077),
         )
         for i in range(n)
