@@ -69,8 +69,10 @@ def test_what_the_container_sees(ctrsh: Ctrsh) -> None:
         "/sys sysfs",
         "/proc proc",
     ]
+    etc = [m for m in mounts if m.startswith("/etc/")]  # bound from the state dir: its fs type
+    assert sorted(m.split()[0] for m in etc) == ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"]
     assert sorted(m for m in mounts if m.count("/") == 1 or m.startswith("/dev/")) == sorted(core)
-    kernel = [m for m in mounts if m not in core]  # masked and read-only kernel paths
+    kernel = [m for m in mounts if m not in core and m not in etc]  # masked and read-only kernel paths
     assert "/proc/sys proc" in kernel and all(m.startswith(("/proc/", "/sys/")) for m in kernel), kernel
     assert section(out, "dev") == [
         "/dev/null character special file 1:3 666",
