@@ -13,8 +13,11 @@ from . import __version__
 from .errors import CtrshError, UsageError
 
 if TYPE_CHECKING:  # imported lazily at run time: each command loads only what it needs
-    from .facts import Facts
+    from collections.abc import Callable
+
+    from .facts import Facts, Paths
     from .plan import Plan
+    from .trace import Trace
 
 app = typer.Typer(
     help=(
@@ -50,10 +53,11 @@ DataDir = Annotated[
 def _plan(recipe_path: str, state_dir: str | None, data_dir: str | None) -> tuple[Plan, Facts]:
     from .compile import compile_plan
     from .facts import detect
+    from .ipam import survey_for
     from .recipe import load
 
     recipe = load(recipe_path)  # first: a bad recipe is reported before anything about the host
-    facts = detect(state_dir, data_dir)
+    facts = survey_for(recipe, detect(state_dir, data_dir))  # mode bridge: the addresses in use
     return compile_plan(recipe, facts), facts
 
 
@@ -71,7 +75,7 @@ def apply(
     When it exits, fails or is interrupted, everything is undone, newest first.
     """
     plan, facts = _plan(recipe, state_dir, data_dir)
-    from . import engine, preflight
+    from . import preflight
     from .facts import Paths
     from .signals import Interrupted
     from .trace import Trace
@@ -79,12 +83,35 @@ def apply(
     paths = Paths(facts, plan.name)
     preflight.check(plan, facts, paths)
     try:
-        code = engine.apply(plan, paths.journal, paths.nsfile("mnt"), Trace(quiet=quiet))
+        code = _apply_claiming(plan, facts, paths, Trace(quiet=quiet), lambda: _plan(recipe, state_dir, data_dir))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except Interrupted as e:
         raise typer.Exit(128 + e.signum) from None
     raise typer.Exit(code)
+
+
+def _apply_claiming(
+    plan: Plan, facts: Facts, paths: Paths, trace: Trace, again: Callable[[], tuple[Plan, Facts]]
+) -> int:
+    """engine.apply; if another apply claimed our address (or port) between survey and claim, the claim
+    step failed and was rolled back: survey and compile again, with the next free one (see ipam)."""
+    from . import engine
+    from .errors import StepFailed
+    from .ipam import lost_race
+
+    for _ in range(MAX_CLAIM_RETRIES):
+        try:
+            return engine.apply(plan, paths.journal, paths.nsfile("mnt"), trace)
+        except StepFailed:
+            if not lost_race(plan, facts):
+                raise
+            trace.note("another container took that address or port meanwhile: allocating again")
+            plan, facts = again()
+    return engine.apply(plan, paths.journal, paths.nsfile("mnt"), trace)
+
+
+MAX_CLAIM_RETRIES = 16  # each lost race means another apply won: bounded by how many run at once
 
 
 @app.command()
@@ -125,6 +152,7 @@ def destroy(
     """Tear down a container left behind (ctrsh was killed): kill its processes, run its journaled undos."""
     from . import engine, preflight
     from .facts import Paths, detect
+    from .ipam import leftover_releases
     from .recipe import check_name
     from .trace import Trace
 
@@ -133,6 +161,9 @@ def destroy(
     preflight.require_root("destroy")
     paths = Paths(detect(state_dir, data_dir), name)
     journal = engine.leftover_journal(paths)
+    for release in leftover_releases(paths.facts, name):  # claims made but not yet journaled when killed
+        if release not in journal.undos:
+            journal.entries.append((release, None))
     if not journal.entries:
         raise UsageError(f"no container {name!r} here: nothing of it in {paths.state}, {paths.layer} or netns")
     failed = engine.undo_all(journal, Trace(), paths.nsfile("mnt"))

@@ -16,11 +16,22 @@ DEFAULT_STATE, DEFAULT_DATA = "/run/ctrsh", "/var/lib/ctrsh"
 
 
 @dataclass(frozen=True)
+class NetworkFacts:
+    """What ctrsh's network registry holds for the recipe's bridge (ipam.survey reads it; compile stays pure)."""
+
+    readable: bool = True  # False: the registry could not be read (plan without root): addresses are a guess
+    leases: tuple[tuple[str, str], ...] = ()  # (address, container) held by live containers on the bridge
+    ports: tuple[tuple[str, str], ...] = ()  # ("tcp-8080", container): host ports published by live containers
+    subnet: str | None = None  # the subnet the bridge's current users set it up with
+
+
+@dataclass(frozen=True)
 class Facts:
     state_dir: str = DEFAULT_STATE  # per-container runtime state: ns files, the writable layer
     data_dir: str = DEFAULT_DATA  # lasting data: built images; containers' writable layers while they run
     busybox: str = "/bin/busybox"  # the host's static busybox, copied into the busybox image
     cgroup_ns: bool = True  # the kernel has cgroup namespaces
+    network: NetworkFacts = NetworkFacts()  # the bridge's leases, for mode bridge (see ipam.survey)
 
 
 @dataclass(frozen=True)
