@@ -159,7 +159,7 @@ def test_container_reaches_host_and_outside_through_nat(
     script = (
         "ip -o -4 addr show dev eth0 | awk '{print $4}'; ip route; "
         "busybox ping -c 1 -W 5 10.88.0.1 >/dev/null && echo ping-gateway-ok; "
-        f"nc 10.88.0.1 {host_server} </dev/null; nc {OUTSIDE_PEER} 9999 </dev/null"
+        f"nc -w 5 10.88.0.1 {host_server} </dev/null; nc -w 5 {OUTSIDE_PEER} 9999 </dev/null"
     )
     r = ctrsh.run("apply", "-q", ctrsh.recipe(bridge_recipe("test-nat", script)))
     assert r.returncode == 0, r.stderr
