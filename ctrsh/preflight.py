@@ -20,6 +20,9 @@ PACKAGES = {
     "umount": "mount",
     "pivot_root": "util-linux",
     "mknod": "coreutils",
+    "iptables": "iptables",
+    "brctl": "bridge-utils",
+    "flock": "util-linux",
 }
 # Run inside the process phase's script, so not visible as any step's argv[0].
 INNER_TOOLS = ("mount", "pivot_root", "mkdir")
