@@ -145,6 +145,21 @@ def test_web_recipe_published_on_loopback_own_address_and_to_another_host(
             capture_output=True, text=True, timeout=30, input="",
         )  # fmt: skip
         assert nope.returncode != 0
+        # traffic passing through to port 8080 elsewhere keeps its destination (DNAT only to local addresses)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", outside, sys.executable, "-c", PEER_SERVER, OUTSIDE_PEER, "8080"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert server.stdout is not None and server.stdout.readline() == "listening\n"
+            via = subprocess.run(
+                ["ip", "netns", "exec", "ctrsh-test-web", "busybox", "nc", "-w", "5", OUTSIDE_PEER, "8080"],
+                capture_output=True, text=True, timeout=30, input="",
+            )  # fmt: skip
+            assert via.stdout == f"peer {OUTSIDE_HOST}\n", via.stderr  # the outside server answered, not httpd
+        finally:
+            server.kill()
+            server.wait()
         rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
         ours = [line for line in rules.splitlines() if "ctrsh" in line and line.startswith("-A")]
         assert ours and all('--comment "ctrsh:test-web"' in r or '--comment "ctrsh:bridge/ctrsh0"' in r for r in ours)
@@ -241,3 +256,43 @@ def test_host_mode_shares_the_hosts_network(ctrsh: Ctrsh) -> None:
     net, host = r.stdout.splitlines()
     assert net == subprocess.run(["readlink", "/proc/self/ns/net"], capture_output=True, text=True).stdout.strip()
     assert host == "test-hostmode"  # the uts namespace still isolates the hostname
+
+
+def test_lost_race_for_an_address_retries_with_the_next(ctrsh: Ctrsh) -> None:
+    """Deterministic race: the test holds the registry lock while apply waits at its lease step, and gives
+    the address apply chose to another container; apply's claim fails, it rolls back and takes the next."""
+    import fcntl
+    import os
+
+    state = Path(ctrsh.env["CTRSH_STATE_DIR"])
+    made = not state.exists()
+    state.mkdir(exist_ok=True)
+    thief_dir, leases = state / "test-thief", state / "network" / "leases-ctrsh0"
+    fd = os.open(state, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    proc = start(ctrsh, ctrsh.recipe(bridge_recipe("test-race", "ip -o -4 addr show dev eth0 | awk '{print $4}'")))
+    try:
+        for _ in range(300):  # until apply has compiled (its steps have begun): the survey is behind it
+            if (state / "test-race").exists():
+                break
+            time.sleep(0.05)
+        thief_dir.mkdir()
+        leases.mkdir(parents=True)
+        (leases / "10.88.0.2").write_text("test-thief\n")
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    out, err = proc.communicate(timeout=120)
+    try:
+        assert proc.returncode == 0, err
+        assert out == "10.88.0.3/16\n"
+        assert "10.88.0.2 is taken by container test-thief" in err
+        assert "another container took that address or port meanwhile: allocating again" in err
+        assert (leases / "10.88.0.2").read_text() == "test-thief\n"  # the other's lease is untouched
+    finally:
+        (leases / "10.88.0.2").unlink()
+        leases.rmdir()
+        leases.parent.rmdir()
+        thief_dir.rmdir()
+        if made:
+            state.rmdir()
