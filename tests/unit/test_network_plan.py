@@ -153,3 +153,25 @@ def test_brctl_variant() -> None:
     plan = plan_of(BASE + "network: {mode: bridge, bridge: br7, bridge_tool: brctl}\n")
     text = "\n".join(s.command for s in plan.steps)
     assert "brctl addbr" in text and "brctl addif br7 veth" in text and " type bridge" not in text
+
+
+def test_registry_survey_and_leftover_releases(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Leases of containers whose state dir is gone count as free; destroy finds claims a killed apply held."""
+    from ctrsh import ipam
+
+    facts = Facts(state_dir=str(tmp_path))
+    leases = tmp_path / "network" / "leases-ctrsh0"
+    ports = tmp_path / "network" / "ports"
+    leases.mkdir(parents=True)
+    ports.mkdir()
+    (tmp_path / "alive").mkdir()
+    (leases / "10.88.0.2").write_text("alive\n")
+    (leases / "10.88.0.3").write_text("gone\n")  # its ctrsh was killed and its state dir removed
+    (ports / "tcp-8080").write_text("alive\n")
+    nf = ipam.survey(facts, "ctrsh0")
+    assert nf.leases == (("10.88.0.2", "alive"),) and nf.ports == (("tcp-8080", "alive"),)
+    plan = compile_plan(parse(BASE + "network: {mode: bridge}\n", "r.yaml"), dataclasses.replace(facts, network=nf))
+    assert any(s.argv[-1] == "10.88.0.3" and "ctrsh-claim" in s.argv for s in plan.steps)  # the stale one is free
+    releases = ipam.leftover_releases(facts, "alive")
+    assert [r[-3:] for r in releases] == [(str(leases), "alive", "10.88.0.2"), (str(ports), "alive", "tcp-8080")]
+    assert all(r[:2] == ("flock", str(tmp_path)) for r in releases)
