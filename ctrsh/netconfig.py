@@ -45,6 +45,7 @@ class BridgeNet:
 class NetConfig:
     mode: NetworkMode
     bridge: BridgeNet | None = None
+    join: str | None = None  # mode container: the `ip netns` name of the container whose network is shared
 
 
 def veth_names(paths: Paths) -> tuple[str, str]:
@@ -64,6 +65,29 @@ def resolve(
     if net is None:  # no section: as before, the namespaces list decides (no net: the host's network)
         return kinds, NetConfig("none" if "net" in kinds else "host"), problems
     mode = net.mode
+    if net.container is not None and mode != "container":
+        problems.append(
+            recipe.problem("network.container", f"network.container: only for mode: container (not {mode!r})")
+        )
+    if mode == "container":
+        if net.container is None:
+            problems.append(recipe.problem("network.mode", "mode 'container' needs `container: NAME`, the one to join"))
+        elif net.container == recipe.name:
+            problems.append(recipe.problem("network.container", "network.container: a container cannot join itself"))
+        if explicit and "net" in kinds:
+            problems.append(
+                recipe.problem(
+                    "network.mode",
+                    f"mode 'container' uses another container's network, but 'namespaces' (line {ns_line}) asks "
+                    "for 'net'; remove 'net' there",
+                )
+            )
+        for key in BRIDGE_ONLY:
+            if getattr(net, key) is not None:
+                msg = f"network.{key}: only for mode: bridge (not {mode!r})"
+                problems.append(recipe.problem(f"network.{key}", msg))
+        join = Paths(facts, net.container).netns if net.container else None
+        return kinds - {"net"}, NetConfig(mode, join=join), problems
     if mode == "host":
         if explicit and "net" in kinds:
             problems.append(

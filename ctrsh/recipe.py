@@ -102,7 +102,7 @@ class Process:
     cwd: str = field(default="/", metadata={"doc": "Working directory inside the container.", "check": check_cwd})
 
 
-NetworkMode = Literal["none", "host", "bridge"]
+NetworkMode = Literal["none", "host", "bridge", "container"]
 IFNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,14}")  # the kernel's IFNAMSIZ: 15 characters
 PUBLISH_RE = re.compile(r"(\d{1,5}):(\d{1,5})(?:/(tcp|udp))?")
 
@@ -164,8 +164,13 @@ class Network:
         default="none",
         metadata={
             "doc": "none: own network namespace with only lo (the default here; Docker's default is bridge). "
-            "host: the host's network (no net namespace). bridge: a veth pair to a bridge, NAT to the outside."
+            "host: the host's network (no net namespace). bridge: a veth pair to a bridge, NAT to the outside. "
+            "container: join the network namespace of the running container named by `container` (a pod)."
         },
+    )
+    container: str | None = field(
+        default=None,
+        metadata={"doc": "Mode container: the running container whose network to share.", "check": check_name},
     )
     bridge: str | None = field(
         default=None, metadata={"doc": "Bridge name (mode bridge). Default: ctrsh0.", "check": check_bridge}

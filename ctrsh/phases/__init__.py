@@ -24,6 +24,9 @@ class Context:
         """`nsenter` into the container's persisted namespaces of these kinds (those it has)."""
         args = ["nsenter"]
         for kind in kinds:
+            if kind == "net" and self.network.join:  # mode container: the other container's network
+                args.append(f"--net=/run/netns/{self.network.join}")
+                continue
             if kind not in self.namespaces:
                 continue
             if kind == "net":

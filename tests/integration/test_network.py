@@ -296,3 +296,21 @@ def test_lost_race_for_an_address_retries_with_the_next(ctrsh: Ctrsh) -> None:
         thief_dir.rmdir()
         if made:
             state.rmdir()
+
+
+def test_container_mode_shares_a_running_containers_network(ctrsh: Ctrsh) -> None:
+    """A pod of two applies: the second joins the first's network namespace and reaches it on 127.0.0.1."""
+    serve = "mkdir /www && echo served-by-$(hostname) > /www/index.html && httpd -p 127.0.0.1:80 -h /www; echo ready; exec sleep 60"
+    first = start(ctrsh, ctrsh.recipe(bridge_recipe("test-podmain", serve), "main.yaml"))
+    try:
+        assert first.stdout is not None and first.stdout.readline() == "ready\n"
+        net = "{mode: container, container: test-podmain}"
+        script = "wget -q -O- http://127.0.0.1/; hostname; ip -o -4 addr show dev eth0 | awk '{print $4}'"
+        r = ctrsh.run("apply", "-q", ctrsh.recipe(bridge_recipe("test-podside", script, net), "side.yaml"))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == ["served-by-test-podmain", "test-podside", "10.88.0.2/16"]
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 143
+    r = ctrsh.run("apply", "-q", ctrsh.recipe(bridge_recipe("test-podside", "true", net), "side.yaml"))
+    assert r.returncode == 125 and "/run/netns/ctrsh-test-podmain" in r.stderr  # the one to join is gone

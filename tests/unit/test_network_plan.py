@@ -175,3 +175,20 @@ def test_registry_survey_and_leftover_releases(tmp_path) -> None:  # type: ignor
     releases = ipam.leftover_releases(facts, "alive")
     assert [r[-3:] for r in releases] == [(str(leases), "alive", "10.88.0.2"), (str(ports), "alive", "tcp-8080")]
     assert all(r[:2] == ("flock", str(tmp_path)) for r in releases)
+
+
+def test_container_mode() -> None:
+    plan = plan_of(BASE + "network: {mode: container, container: web}\n")
+    text = "\n".join(s.command for s in plan.steps)
+    assert "ip netns add" not in text and "ip netns delete" not in text  # not ours: nothing to make or remove
+    assert plan.steps[-1].argv.count("--net=/run/netns/ctrsh-web") == 1
+    assert errors(BASE + "network:\n  mode: container\n") == [
+        "r.yaml:5:9: mode 'container' needs `container: NAME`, the one to join"
+    ]
+    assert errors(BASE + "network: {container: web}\n") == [
+        "r.yaml:4:22: network.container: only for mode: container (not 'none')"
+    ]
+    assert errors(BASE + "network: {mode: container, container: box, publish: ['1:1']}\n") == [
+        "r.yaml:4:39: network.container: a container cannot join itself",
+        "r.yaml:4:53: network.publish: only for mode: bridge (not 'container')",
+    ]
