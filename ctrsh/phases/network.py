@@ -106,7 +106,7 @@ def bridge_steps(c: Context, b: BridgeNet, lo: Step) -> list[Step]:
         firewall.shared_rule(
             facts, b.bridge, name, "forward-back", "filter", "-I", "FORWARD", "-o", b.bridge,
             "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT",
-            why="Forward the replies to them; new connections in are only let through to published ports.",
+            why="Forward the replies to them (under a DROP policy, new connections in only reach published ports).",
         ),
     ]  # fmt: skip
     out += publish_steps(c, b)

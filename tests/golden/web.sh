@@ -303,7 +303,7 @@ if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes 
   rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
 fi
 '"'"' ctrsh-unshare /run/ctrsh/network/forward-out-ctrsh0 web filter -I FORWARD -i ctrsh0 -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0'
-# Forward the replies to them; new connections in are only let through to published ports.
+# Forward the replies to them (under a DROP policy, new connections in only reach published ports).
 flock /run/ctrsh sh -euc 'reg=$1 me=$2
 shift 2
 mkdir -p "$reg/users"
