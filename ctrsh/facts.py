@@ -23,6 +23,7 @@ class NetworkFacts:
     leases: tuple[tuple[str, str], ...] = ()  # (address, container) held by live containers on the bridge
     ports: tuple[tuple[str, str], ...] = ()  # ("tcp-8080", container): host ports published by live containers
     subnet: str | None = None  # the subnet the bridge's current users set it up with
+    routes: tuple[tuple[str, str], ...] = ()  # (destination, device): the host's routes, but default and the bridge's
 
 
 @dataclass(frozen=True)

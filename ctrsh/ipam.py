@@ -97,7 +97,25 @@ def survey(facts: Facts, bridge: str) -> NetworkFacts:
                 subnet = f.read().strip() or None
     except PermissionError:
         return NetworkFacts(readable=False)
-    return NetworkFacts(readable=True, leases=leases, ports=ports, subnet=subnet)
+    return NetworkFacts(readable=True, leases=leases, ports=ports, subnet=subnet, routes=host_routes(bridge))
+
+
+def host_routes(bridge: str) -> tuple[tuple[str, str], ...]:
+    """The host's IPv4 routes (main table, /proc/net/route), without the default and the bridge's own."""
+    out = []
+    try:
+        with open("/proc/net/route") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return ()
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8 or fields[0] == bridge:
+            continue
+        dest, mask = (ipaddress.IPv4Address(int(x, 16).to_bytes(4, "little")) for x in (fields[1], fields[7]))
+        if int(mask):
+            out.append((str(ipaddress.IPv4Network(f"{dest}/{mask}", strict=False)), fields[0]))
+    return tuple(out)
 
 
 def gateway(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:

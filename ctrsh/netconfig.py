@@ -130,6 +130,14 @@ def _bridge(recipe: Recipe, net: Network, facts: Facts) -> tuple[BridgeNet | Non
                 f"bridge {name!r} is in use by other containers with subnet {nf.subnet}, not {subnet}",
             )
         )
+    for dest, dev in nf.routes:
+        if subnet.overlaps(ipaddress.IPv4Network(dest)):
+            problems.append(
+                recipe.problem(
+                    "network.subnet" if net.subnet else "network",
+                    f"subnet {subnet} overlaps the host's route to {dest} (dev {dev}): pick another subnet",
+                )
+            )
     others = {addr: who for addr, who in nf.leases if who != recipe.name}
     mine = [addr for addr, who in nf.leases if who == recipe.name]
 

@@ -121,6 +121,10 @@ def check_subnet(value: str) -> str | None:
         net = ipaddress.IPv4Network(value)
     except ValueError as e:
         return f"{value!r} is not an IPv4 subnet like 10.88.0.0/16 ({e})"
+    private = [ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
+    if not any(net.subnet_of(p) for p in private):
+        # A recipe is untrusted: 0.0.0.0/0 or 127.0.0.0/8 on a bridge would take over the host's routing.
+        return f"{value!r} is not in a private range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)"
     if net.prefixlen > 30:
         return f"{value!r} is too small: it needs room for the gateway and at least one container (/30 at most)"
     return None

@@ -68,6 +68,8 @@ def test_bridge_keys_need_mode_bridge() -> None:
         ("{mode: bridge, publish: ['1:2/sctp']}", "network.publish: [0]: '1:2/sctp' is not"),
         ("{mode: bridge, subnet: 10.88.0.1/16}", "network.subnet: '10.88.0.1/16' is not an IPv4 subnet"),
         ("{mode: bridge, subnet: 10.0.0.0/31}", "network.subnet: '10.0.0.0/31' is too small"),
+        ("{mode: bridge, subnet: 0.0.0.0/0}", "network.subnet: '0.0.0.0/0' is not in a private range"),
+        ("{mode: bridge, subnet: 127.0.0.0/8}", "network.subnet: '127.0.0.0/8' is not in a private range"),
         ("{mode: bridge, bridge: 'br.0'}", "network.bridge: 'br.0' is not a usable bridge name"),
         ("{mode: bridge, bridge: abcdefghijklmnop}", "network.bridge: 'abcdefghijklmnop' is not a usable bridge name"),
         ("{mode: bridge, address: 10.88.0.5/16}", "network.address: '10.88.0.5/16' is not an IPv4 address"),
@@ -192,3 +194,12 @@ def test_container_mode() -> None:
         "r.yaml:4:39: network.container: a container cannot join itself",
         "r.yaml:4:53: network.publish: only for mode: bridge (not 'container')",
     ]
+
+
+def test_subnet_overlapping_a_host_route() -> None:
+    facts = dataclasses.replace(Facts(), network=NetworkFacts(routes=(("10.0.0.0/8", "eth0"),)))
+    assert errors(BASE + "network: {mode: bridge}\n", facts) == [
+        "r.yaml:4:10: subnet 10.88.0.0/16 overlaps the host's route to 10.0.0.0/8 (dev eth0): pick another subnet"
+    ]
+    fine = dataclasses.replace(Facts(), network=NetworkFacts(routes=(("192.168.1.0/24", "eth0"),)))
+    assert plan_of(BASE + "network: {mode: bridge}\n", fine)
