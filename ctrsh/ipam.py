@@ -89,6 +89,10 @@ def survey(facts: Facts, bridge: str) -> NetworkFacts:
     state = facts.state_dir
     reg = shared_dir(state, f"bridge-{bridge}")
     try:
+        if os.path.lexists(state):
+            os.listdir(state)  # isdir() below says False, not "denied", where we may not look: ask first
+        if os.path.lexists(registry(state)):
+            os.listdir(registry(state))
         leases = _claims(facts, leases_dir(state, bridge))
         ports = _claims(facts, ports_dir(state))
         subnet = None
