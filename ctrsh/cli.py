@@ -152,7 +152,8 @@ def destroy(
     """Tear down a container left behind (ctrsh was killed): kill its processes, run its journaled undos."""
     from . import engine, preflight
     from .facts import Paths, detect
-    from .ipam import leftover_releases
+    from .ipam import leftover_network, leftover_releases
+    from .journal import Journal
     from .recipe import check_name
     from .trace import Trace
 
@@ -167,6 +168,9 @@ def destroy(
     if not journal.entries:
         raise UsageError(f"no container {name!r} here: nothing of it in {paths.state}, {paths.layer} or netns")
     failed = engine.undo_all(journal, Trace(), paths.nsfile("mnt"))
+    rest = leftover_network(paths.facts, name)  # a step ran but its undo never reached the journal
+    if rest:
+        failed += engine.undo_all(Journal(paths.journal, [(undo, None) for undo in rest]), Trace(), paths.nsfile("mnt"))
     if failed:
         raise CtrshError("teardown incomplete:\n" + "\n".join(failed))
 

@@ -29,6 +29,7 @@ import dataclasses
 import fcntl
 import ipaddress
 import os
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -201,4 +202,32 @@ def leftover_releases(facts: Facts, name: str) -> list[Argv]:
         keys = [k for k, holder in _claims(facts, f"{reg}/{d}") if holder == name]
         if keys:
             out.append(locked(facts, RELEASE, "ctrsh-release", f"{reg}/{d}", name, *keys))
+    return out
+
+
+def leftover_network(facts: Facts, name: str) -> list[Argv]:
+    """For `destroy`, after the journal's undos: what is still there of the container's network, because
+    a step ran but ctrsh was killed before journaling its undo — its veth (the name is fixed by the
+    container's) and every rule tagged with its name."""
+    import shutil
+    import subprocess
+
+    from .firewall import LINK_UNDO, RULE_UNDO
+    from .netconfig import veth_names
+
+    out: list[Argv] = []
+    host_veth, _ = veth_names(Paths(facts, name))
+    ip = shutil.which("ip")
+    if ip and subprocess.run([ip, "link", "show", "dev", host_veth], capture_output=True).returncode == 0:
+        out.append(("sh", "-euc", LINK_UNDO, "ctrsh-undo", host_veth))
+    if shutil.which("iptables-save"):
+        table = ""
+        for line in subprocess.run(["iptables-save"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith("-A ") and f"ctrsh:{name}" in line:
+                _, chain, *spec = shlex.split(line)
+                tags = [spec[i + 1] for i, a in enumerate(spec[:-1]) if a == "--comment"]
+                if tags == [f"ctrsh:{name}"]:
+                    out.append(("sh", "-euc", RULE_UNDO, "ctrsh-undo", table, chain, *spec))
     return out

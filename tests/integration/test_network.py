@@ -216,8 +216,12 @@ def test_killed_apply_then_destroy_leaves_nothing(ctrsh: Ctrsh) -> None:
     proc.kill()  # SIGKILL: no teardown; the journal is all that is left
     proc.wait(timeout=30)
     assert "ctrsh:test-netkill" in subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    # as if ctrsh had been killed after a rule's step ran and before its undo was journaled:
+    sh("iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "10.88.0.99", "-j", "RETURN",
+       "-m", "comment", "--comment", "ctrsh:test-netkill")  # fmt: skip
     r = ctrsh.run("destroy", "test-netkill")
     assert r.returncode == 0, r.stderr
+    assert "ctrsh-undo nat POSTROUTING -s 10.88.0.99/32" in r.stderr  # found by its tag, after the journal
     # the host snapshot (links, netns, addresses, routes, rules, sysctls, the registry) is checked by conftest
 
 
