@@ -295,8 +295,19 @@ def _std_fds() -> None:
                 os.close(null)
 
 
+def _no_inherited_fds() -> None:
+    """Descriptors the caller left open are not passed on to any command ctrsh runs: one of them
+    could lead a container out of its root (runc CVE-2024-21626: a cwd of /proc/self/fd/N)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
+
+
 def main() -> NoReturn:
     _std_fds()
+    _no_inherited_fds()
     try:
         app()
     except CtrshError as e:

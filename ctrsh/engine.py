@@ -67,11 +67,23 @@ def _failure(argv: Argv, how: str, output: bytes) -> str:
     return f"{shlex.join(argv)}\n  {how}{detail}"
 
 
-def run_foreground(argv: Argv) -> int:
-    """Run the container on the user's terminal; return its exit code (128+N for signal N)."""
+def run_foreground(argv: Argv, relay: bool = False) -> int:
+    """Run the container; return its exit code (128+N for signal N).
+
+    relay: a container without a terminal of its own must not hold the caller's terminal either —
+    a terminal's descriptors are usually open for reading too, so it could read what the user
+    types, or change the terminal's settings. So when stdout or stderr is a terminal, its output
+    goes through pipes that ctrsh copies to them (as `docker run` without -t does), and stdin is
+    only passed on if it is not a terminal."""
     sh = _sh()
+    options: dict[str, Any] = {"_fg": True}
+    if relay and (os.isatty(1) or os.isatty(2)):
+        options = {
+            "_out": sys.stdout.buffer, "_err": sys.stderr.buffer, "_out_bufsize": 0, "_err_bufsize": 0,
+            "_in": None if os.isatty(0) else sys.stdin.buffer, "_tty_in": False, "_tty_out": False,
+        }  # fmt: skip
     try:
-        sh.Command(argv[0])(*argv[1:], _fg=True)
+        sh.Command(argv[0])(*argv[1:], **options)
     except sh.ErrorReturnCode as e:
         code: int = e.exit_code
         return 128 - code if code < 0 else code
@@ -153,7 +165,7 @@ def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace, oom_coun
                 trace.step(step)
                 if step.foreground:
                     with signals.container():
-                        code = run_foreground(step.argv)
+                        code = run_foreground(step.argv, relay=not plan.terminal)
                     if signals.stopped_by_ctrl_c:
                         code = 130
                     elif count := oom.kills(oom_counter):

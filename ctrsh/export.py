@@ -26,6 +26,12 @@ if [[ $EUID -ne 0 ]]; then
   exit 1
 fi
 
+# Descriptors the caller left open must not reach the container (runc CVE-2024-21626): close all
+# but stdin, stdout, stderr and bash's own handle on this script (255).
+for fd in /proc/$$/fd/*; do
+  fd=${{fd##*/}}
+  if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
+done
 undos=()  # commands that reverse what has run, oldest first
 stop=0    # set by a signal, acted on between steps: no step runs without its undo registered
 cleanup() {{
@@ -51,6 +57,7 @@ trap cleanup EXIT
 # one would never see it (the kernel protects a namespace's init), so then the container is stopped.
 container_ns={nsfile}
 container=0  # pid of the command that runs the container, while it runs
+terminal={terminal}  # 1: it has a pty of its own (script(1) relays the caller's terminal to it)
 container_pids() {{
   local p
   for p in /proc/[0-9]*; do
@@ -89,7 +96,13 @@ stop_container() {{
 # (errexit is off meanwhile: bash 5.2 exits when a trap interrupts `wait` under set -e, even in an `if`.)
 run_container() {{
   local rc
-  "$@" <&0 &
+  if ((!terminal)) && [[ -t 1 || -t 2 ]]; then
+    # No terminal of its own: then it must not hold the caller's either (it could read what is
+    # typed there): its output goes through pipes, copied to the terminal by cat.
+    if [[ -t 0 ]]; then "$@" </dev/null > >(cat) 2> >(cat >&2) & else "$@" > >(cat) 2> >(cat >&2) & fi
+  else
+    "$@" <&0 &
+  fi
   container=$!
   set +e
   while :; do
@@ -111,7 +124,13 @@ trap 'on_signal PIPE 141' PIPE
 
 def export_script(plan: Plan) -> str:
     out = [
-        HEADER.format(name=plan.name, version=__version__, source=plan.source, nsfile=shlex.quote(plan.container_ns))
+        HEADER.format(
+            name=plan.name,
+            version=__version__,
+            source=plan.source,
+            nsfile=shlex.quote(plan.container_ns),
+            terminal=int(plan.terminal),
+        )
     ]
     out += [f"# Note: {note}\n" for note in plan.notes]
     for phase, steps in plan.by_phase():

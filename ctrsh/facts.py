@@ -67,6 +67,9 @@ class Facts:
     setpriv: str = "/usr/bin/setpriv"
     loader: str = "/lib64/ld-linux-x86-64.so.2"
     setpriv_libs: tuple[str, ...] = ("/lib/x86_64-linux-gnu/libcap-ng.so.0", "/lib/x86_64-linux-gnu/libc.so.6")
+    # util-linux unshare, with no namespace to make, switches to `security.user`: unlike setpriv, its
+    # -S/-G take numbers only, so no name is looked up in the image (NSS would load the image's code).
+    unshare: str = "/usr/bin/unshare"
     term: str = "xterm"  # $TERM of the caller, passed to containers that get a terminal
     device_cgroup: bool = True  # cgroup v1's devices controller can enforce a device allowlist
     network: NetworkFacts = NetworkFacts()  # the bridge's leases, for mode bridge (see ipam.survey)
@@ -179,12 +182,17 @@ def detect(state_dir: str | None = None, data_dir: str | None = None) -> Facts:
     state = state_dir or os.environ.get(STATE_ENV) or DEFAULT_STATE
     data = data_dir or os.environ.get(DATA_ENV) or DEFAULT_DATA
     setpriv = shutil.which("setpriv", path=SAFE_PATH) or "/usr/bin/setpriv"
+    unshare = shutil.which("unshare", path=SAFE_PATH) or "/usr/bin/unshare"
     deps = setpriv_deps(setpriv) or (Facts.loader, Facts.setpriv_libs)
+    more = setpriv_deps(unshare)
+    if more and more[0] == deps[0]:
+        deps = (deps[0], tuple(dict.fromkeys((*deps[1], *more[1]))))
     cgroups = detect_cgroups()
     return Facts(
         setpriv=setpriv,
         loader=deps[0],
         setpriv_libs=deps[1],
+        unshare=unshare,
         term=term if re.fullmatch(r"[A-Za-z0-9._+-]{1,64}", term := os.environ.get("TERM", "")) else "xterm",
         device_cgroup=cgroups.version == 1 and cgroups.mount("devices") is not None,
         state_dir=check_dir(state, f"state dir (--state-dir or ${STATE_ENV})"),

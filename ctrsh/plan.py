@@ -50,6 +50,7 @@ class Plan:
     source: str  # the recipe file, for headers
     steps: tuple[Step, ...]
     container_ns: str = ""  # the mount namespace file: the container's processes are those in it
+    terminal: bool = False  # the container has a pty of its own (else its output is relayed off a terminal)
     notes: tuple[str, ...] = ()  # what the plan does not do and why (no fake steps for it), shown as comments
 
     def by_phase(self) -> list[tuple[Phase, list[Step]]]:

@@ -343,8 +343,11 @@ MASKED_PATHS = (
 # rlimit name -> the flag of the shell's `ulimit` builtin (dash's set, which PID 1's shell is).
 RLIMITS = {
     "core": "-c", "data": "-d", "fsize": "-f", "memlock": "-l", "nofile": "-n", "rss": "-m", "stack": "-s",
-    "cpu": "-t", "nproc": "-p", "as": "-v", "locks": "-w", "rtprio": "-r", "nice": "-e",
+    "cpu": "-t", "nproc": "-p", "as": "-v", "locks": "-w", "rtprio": "-r",
 }  # fmt: skip
+# Recipe values are the kernel's units (bytes, as Docker's --ulimit and prlimit take them); dash's
+# `ulimit` counts these in KiB, and fsize in 512-byte blocks.
+RLIMIT_UNIT = {"core": 512, "data": 1024, "fsize": 512, "memlock": 1024, "rss": 1024, "stack": 1024, "as": 1024}
 LIMIT_RE = re.compile(r"(unlimited|[0-9]{1,19})(:(unlimited|[0-9]{1,19}))?")
 KERNEL_PATH_RE = re.compile(r"/(proc|sys)(/[A-Za-z0-9_.:@+-]+)+")
 ID_RE = re.compile(r"[0-9]{1,10}(:[0-9]{1,10})?")
@@ -375,6 +378,11 @@ def check_rlimits(value: dict[str, str]) -> str | None:
         soft, _, hard = limit.partition(":")
         if hard and hard != "unlimited" and (soft == "unlimited" or int(soft) > int(hard)):
             return f"{name}: the soft limit {soft} is above the hard limit {hard}"
+        if name == "nofile" and "unlimited" in (soft, hard):
+            return "nofile: the kernel caps open files at fs.nr_open (1048576 by default): give a number"
+        unit = RLIMIT_UNIT.get(name, 1)
+        if any(v != "unlimited" and int(v) % unit for v in (soft, hard) if v):
+            return f"{name}: {limit!r} must be a multiple of {unit} bytes"
     return None
 
 

@@ -29,7 +29,7 @@ import shlex
 from ..facts import SAFE_PATH
 from ..plan import Step
 from . import Context, cgroups
-from .security import TOOLS, setpriv_options
+from .security import TOOLS, setpriv_options, user_switch
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FD3 = "/proc/self/fd/3"  # the tools dir, still open after it is unmounted
@@ -81,12 +81,14 @@ def environment(c: Context) -> dict[str, str]:
 
 
 def rlimit_lines(c: Context) -> list[str]:
-    from ..recipe import RLIMITS
+    from ..recipe import RLIMIT_UNIT, RLIMITS
 
     limits = {"nofile": NOFILE_DEFAULT, **c.recipe.security.rlimits}
     lines = []
     for name, value in limits.items():
+        unit = RLIMIT_UNIT.get(name, 1)
         soft, _, hard = value.partition(":")
+        soft, hard = (v if v in ("", "unlimited") else str(int(v) // unit) for v in (soft, hard))
         flag = RLIMITS[name]
         # Both limits to the hard value first (root may raise it), then the soft one below it.
         lines.append(f"ulimit {flag} {shlex.quote(hard or soft)}")
@@ -120,8 +122,9 @@ def start_script(c: Context) -> str:
     """PID 1's script: $1 rootfs, $2 cwd, $3 the container's PATH, $4 how many VAR=VALUE follow,
     then those, then the command."""
     loader = os.path.basename(c.facts.loader)
+    run = [f"{FD3}/{loader}", "--inhibit-cache", "--library-path", FD3]  # a tool copy, with its own libraries
     setpriv = shlex.join(
-        [f"{FD3}/{loader}", "--inhibit-cache", "--library-path", FD3, f"{FD3}/setpriv", *setpriv_options(c), "--",
+        [*run, f"{FD3}/setpriv", *setpriv_options(c), "--", *user_switch(c, run, FD3),
          f"{FD3}/busybox", "sh", "-c", CLOSE_AND_EXEC, "ctrsh-exec"]
     )  # fmt: skip
     interactive = c.recipe.process.terminal
@@ -156,7 +159,7 @@ def start_script(c: Context) -> str:
             f"{TOOLS}/busybox umount -l /.oldroot",
             f"{TOOLS}/busybox rmdir /.oldroot 2>/dev/null || :",
             "# The working directory, made if the image lacks it (as Docker does).",
-            f'cd "$cwd" 2>/dev/null || {{ {TOOLS}/busybox mkdir -p "$cwd" && cd "$cwd"; }}',
+            f'if ! cd "$cwd" 2>/dev/null; then {TOOLS}/busybox mkdir -p "$cwd"; cd "$cwd"; fi',
             RESOLVE.rstrip("\n"),
             "# Keep the tools open as fd 3, unmount them, then drop privileges with setpriv run from that fd.",
             f"exec 3<{TOOLS}",

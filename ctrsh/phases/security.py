@@ -32,7 +32,8 @@ def notes(c: Context) -> tuple[str, ...]:
 
 
 def tool_files(c: Context) -> tuple[str, ...]:
-    return (c.facts.busybox, c.facts.setpriv, c.facts.loader, *c.facts.setpriv_libs)
+    user = (c.facts.unshare,) if c.recipe.security.user is not None else ()
+    return (c.facts.busybox, c.facts.setpriv, *user, c.facts.loader, *c.facts.setpriv_libs)
 
 
 def steps(c: Context) -> list[Step]:
@@ -49,9 +50,20 @@ def steps(c: Context) -> list[Step]:
             "security",
             (*inside, "cp", *tool_files(c), f"{root}{TOOLS}/"),
             "Copy in the host's static busybox (umount, rmdir, env for PID 1) and setpriv with its libraries "
-            "and loader (setpriv drops capabilities; busybox's own setpriv cannot drop the bounding set).",
+            "and loader (setpriv drops capabilities; busybox's own setpriv cannot drop the bounding set)"
+            + ("; unshare switches to the recipe's user by number." if c.recipe.security.user else "."),
         ),
     ]
+
+
+def user_switch(c: Context, run: list[str], tools: str) -> list[str]:
+    """`security.user`: after setpriv, util-linux unshare (no namespace) sets gid, no supplementary
+    groups, then uid. Not setpriv's --reuid: it looks names up first, and a lookup in the image's
+    /etc/passwd (or an NSS module it names) by a process with capabilities is the image's to steer."""
+    if c.recipe.security.user is None:
+        return []
+    uid, _, gid = c.recipe.security.user.partition(":")
+    return [*run, f"{tools}/unshare", f"--setgid={gid or uid}", f"--setuid={uid}", "--"]
 
 
 def setpriv_options(c: Context) -> list[str]:
@@ -63,9 +75,6 @@ def setpriv_options(c: Context) -> list[str]:
         "--inh-caps=-all",
         "--ambient-caps=-all",
     ]
-    if sec.user is not None:
-        uid, _, gid = sec.user.partition(":")
-        opts += [f"--reuid={uid}", f"--regid={gid or uid}", "--clear-groups"]
     if sec.no_new_privileges:
         opts.append("--no-new-privs")
     return opts

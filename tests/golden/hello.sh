@@ -11,6 +11,12 @@ if [[ $EUID -ne 0 ]]; then
   exit 1
 fi
 
+# Descriptors the caller left open must not reach the container (runc CVE-2024-21626): close all
+# but stdin, stdout, stderr and bash's own handle on this script (255).
+for fd in /proc/$$/fd/*; do
+  fd=${fd##*/}
+  if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
+done
 undos=()  # commands that reverse what has run, oldest first
 stop=0    # set by a signal, acted on between steps: no step runs without its undo registered
 cleanup() {
@@ -36,6 +42,7 @@ trap cleanup EXIT
 # one would never see it (the kernel protects a namespace's init), so then the container is stopped.
 container_ns=/run/ctrsh/hello/ns/mnt
 container=0  # pid of the command that runs the container, while it runs
+terminal=0  # 1: it has a pty of its own (script(1) relays the caller's terminal to it)
 container_pids() {
   local p
   for p in /proc/[0-9]*; do
@@ -74,7 +81,13 @@ stop_container() {
 # (errexit is off meanwhile: bash 5.2 exits when a trap interrupts `wait` under set -e, even in an `if`.)
 run_container() {
   local rc
-  "$@" <&0 &
+  if ((!terminal)) && [[ -t 1 || -t 2 ]]; then
+    # No terminal of its own: then it must not hold the caller's either (it could read what is
+    # typed there): its output goes through pipes, copied to the terminal by cat.
+    if [[ -t 0 ]]; then "$@" </dev/null > >(cat) 2> >(cat >&2) & else "$@" > >(cat) 2> >(cat >&2) & fi
+  else
+    "$@" <&0 &
+  fi
   container=$!
   set +e
   while :; do
@@ -332,7 +345,7 @@ pivot_root . .oldroot
 /.ctrsh/busybox umount -l /.oldroot
 /.ctrsh/busybox rmdir /.oldroot 2>/dev/null || :
 # The working directory, made if the image lacks it (as Docker does).
-cd "$cwd" 2>/dev/null || { /.ctrsh/busybox mkdir -p "$cwd" && cd "$cwd"; }
+if ! cd "$cwd" 2>/dev/null; then /.ctrsh/busybox mkdir -p "$cwd"; cd "$cwd"; fi
 eval "prog=\${$((nvars + 1))}"
 case $prog in
 */*) ;;
