@@ -13,7 +13,7 @@ fi
 
 # Descriptors the caller left open must not reach the container (runc CVE-2024-21626): close all
 # but stdin, stdout, stderr and bash's own handle on this script (255).
-for fd in /proc/$$/fd/*; do
+for fd in /proc/"$$"/fd/*; do
   fd=${fd##*/}
   if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
 done
