@@ -130,3 +130,26 @@ def test_setuid_file_in_the_writable_layer_is_not_runnable_by_host_users(ctrsh: 
         assert "euid=0" not in r.stdout, f"a host user (nobody) ran the container's setuid file: {r.stdout}"
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+KEYRING_PROBE = r"""
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+/* The id of the caller's user keyring (KEYCTL_GET_KEYRING_ID of KEY_SPEC_USER_KEYRING, no create). */
+int main(void) { printf("%ld\n", syscall(SYS_keyctl, 0, -4, 0)); return 0; }
+"""
+
+
+def test_container_root_does_not_share_the_hosts_root_keyring(image: Image, tmp_path: Path) -> None:
+    """Keyrings are per user namespace, and without seccomp (which Docker uses to refuse keyctl,
+    add_key, request_key) uid 0 in the container *is* host root for the kernel's key service: its
+    user keyring is host root's (seen: the container planted a key there, visible in the host's
+    /proc/keys), so it can add, link or clear root's keys and use up root's key quota."""
+    gcc(tmp_path, KEYRING_PROBE, image.root / "bin/keyring", "-static", "-O1")
+    host = subprocess.run([str(image.root / "bin/keyring")], capture_output=True, text=True, check=True).stdout
+    if int(host) < 0:
+        pytest.skip("host root has no user keyring to compare with")
+    r = image.apply(recipe("test-atk-keyring", "keyring"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout != host, f"the container's user keyring is host root's ({host.strip()})"
