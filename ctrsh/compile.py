@@ -43,7 +43,12 @@ def compile_plan(recipe: Recipe, facts: Facts) -> Plan:
     steps = tuple(step for module in PHASE_MODULES for step in module.steps(ctx))
     notes = tuple(note for module in PHASE_MODULES if hasattr(module, "notes") for note in module.notes(ctx))
     return Plan(
-        name=recipe.name, source=printable(recipe.file), steps=steps, container_ns=ctx.paths.nsfile("mnt"), notes=notes
+        name=recipe.name,
+        source=printable(recipe.file),
+        steps=steps,
+        container_ns=ctx.paths.nsfile("mnt"),
+        notes=notes,
+        terminal=recipe.process.terminal,
     )
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from . import oom, procs
@@ -72,16 +75,17 @@ def run_foreground(argv: Argv, relay: bool = False) -> int:
 
     relay: a container without a terminal of its own must not hold the caller's terminal either —
     a terminal's descriptors are usually open for reading too, so it could read what the user
-    types, or change the terminal's settings. So when stdout or stderr is a terminal, its output
-    goes through pipes that ctrsh copies to them (as `docker run` without -t does), and stdin is
-    only passed on if it is not a terminal."""
+    types, or change the terminal's settings. So when stdout or stderr is a terminal, that stream
+    reaches it through a pipe that ctrsh copies to the terminal (as `docker run` without -t does),
+    and a terminal on stdin is replaced by /dev/null."""
     sh = _sh()
-    options: dict[str, Any] = {"_fg": True}
-    if relay and (os.isatty(1) or os.isatty(2)):
-        options = {
-            "_out": sys.stdout.buffer, "_err": sys.stderr.buffer, "_out_bufsize": 0, "_err_bufsize": 0,
-            "_in": None if os.isatty(0) else sys.stdin.buffer, "_tty_in": False, "_tty_out": False,
-        }  # fmt: skip
+    if not (relay and (os.isatty(1) or os.isatty(2))):
+        return _exit_code(sh, argv, {"_fg": True})
+    with _relayed() as (out, err, stdin):
+        return _exit_code(sh, argv, {"_out": out, "_err": err, "_in": stdin, "_tty_in": False, "_tty_out": False})
+
+
+def _exit_code(sh: Any, argv: Argv, options: dict[str, Any]) -> int:
     try:
         sh.Command(argv[0])(*argv[1:], **options)
     except sh.ErrorReturnCode as e:
@@ -90,6 +94,41 @@ def run_foreground(argv: Argv, relay: bool = False) -> int:
     except sh.CommandNotFound:
         raise StepFailed(_failure(argv, "command not found", b"")) from None
     return 0
+
+
+@contextmanager
+def _relayed() -> Iterator[tuple[int, int, int]]:
+    """(stdout, stderr, stdin) for the container: a pipe for each of our streams that is a terminal,
+    copied to it by a thread; the stream itself otherwise."""
+    threads, ours = [], []
+    fds = []
+    for fd in (1, 2):
+        if os.isatty(fd):
+            r, w = os.pipe()
+            t = threading.Thread(target=_copy, args=(r, fd), daemon=True)
+            t.start()
+            threads.append(t)
+            ours.append(w)
+            fds.append(w)
+        else:
+            fds.append(fd)
+    stdin = os.open(os.devnull, os.O_RDONLY) if os.isatty(0) else 0
+    try:
+        yield fds[0], fds[1], stdin
+    finally:
+        for w in ours:
+            os.close(w)  # the container's copies are closed by now, or soon by teardown's kill
+        if stdin:
+            os.close(stdin)
+        for t in threads:
+            t.join(timeout=2)
+
+
+def _copy(src: int, dst: int) -> None:
+    with suppress(OSError):
+        while chunk := os.read(src, 65536):
+            os.write(dst, chunk)
+    os.close(src)
 
 
 def say(text: str) -> bool:

@@ -28,6 +28,12 @@ def notes(c: Context) -> tuple[str, ...]:
             "devices: this host has no cgroup v1 devices controller (cgroup v2 needs an eBPF program, which no "
             "stock tool loads), so the container loses CAP_MKNOD and its root is mounted nodev instead."
         )
+    if extra := switch_caps(c):
+        out.append(
+            f"user: the bounding set keeps {', '.join(extra)}, which switching to the user needs after the "
+            "drop; as a non-root user the container has them in no other set"
+            + ("." if c.recipe.security.no_new_privileges else ", and without no_new_privs a setuid binary could.")
+        )
     return tuple(out)
 
 
@@ -42,7 +48,7 @@ def steps(c: Context) -> list[Step]:
     return [
         Step(
             "security",
-            (*inside, "mount", "-t", "tmpfs", "-o", "mode=0700,size=16m,nosuid,nodev", "ctrsh-tools", f"{root}{TOOLS}"),
+            (*inside, "mount", "-t", "tmpfs", "-o", "mode=0755,size=16m,nosuid,nodev", "ctrsh-tools", f"{root}{TOOLS}"),
             "A private tmpfs for trusted copies of host tools: after pivot_root the image's own binaries are "
             "all there is, and none may run before privileges are dropped.",
         ),
@@ -54,6 +60,14 @@ def steps(c: Context) -> list[Step]:
             + ("; unshare switches to the recipe's user by number." if c.recipe.security.user else "."),
         ),
     ]
+
+
+def switch_caps(c: Context) -> tuple[str, ...]:
+    """Capabilities the user switch needs that the recipe dropped: they stay in the bounding set only
+    (a non-root process has none in effect; with no_new_privs nothing can raise them again)."""
+    if c.recipe.security.user is None:
+        return ()
+    return tuple(cap for cap in ("setgid", "setuid") if cap not in c.recipe.security.caps())
 
 
 def user_switch(c: Context, run: list[str], tools: str) -> list[str]:
@@ -70,6 +84,7 @@ def setpriv_options(c: Context) -> list[str]:
     """What setpriv sets before exec'ing the container's command: Docker's defaults unless the recipe says."""
     sec = c.recipe.security
     caps = [cap for cap in sec.caps() if cap != "mknod" or c.facts.device_cgroup]
+    caps += [cap for cap in switch_caps(c) if cap not in caps]
     opts = [
         "--bounding-set=" + ",".join(["-all", *(f"+{cap}" for cap in caps)]),
         "--inh-caps=-all",

@@ -323,7 +323,7 @@ sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 136:* rwm' /sys/fs/cgroup/devic
 
 # == security: drop privileges ==
 # A private tmpfs for trusted copies of host tools: after pivot_root the image's own binaries are all there is, and none may run before privileges are dropped.
-nsenter --mount=/run/ctrsh/limits/ns/mnt -- mount -t tmpfs -o mode=0700,size=16m,nosuid,nodev ctrsh-tools /run/ctrsh/limits/rootfs/.ctrsh
+nsenter --mount=/run/ctrsh/limits/ns/mnt -- mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev ctrsh-tools /run/ctrsh/limits/rootfs/.ctrsh
 # Copy in the host's static busybox (umount, rmdir, env for PID 1) and setpriv with its libraries and loader (setpriv drops capabilities; busybox's own setpriv cannot drop the bounding set).
 nsenter --mount=/run/ctrsh/limits/ns/mnt -- cp /bin/busybox /usr/bin/setpriv /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libcap-ng.so.0 /lib/x86_64-linux-gnu/libc.so.6 /run/ctrsh/limits/rootfs/.ctrsh/
 

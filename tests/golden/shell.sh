@@ -42,7 +42,7 @@ trap cleanup EXIT
 # one would never see it (the kernel protects a namespace's init), so then the container is stopped.
 container_ns=/run/ctrsh/shell/ns/mnt
 container=0  # pid of the command that runs the container, while it runs
-terminal=0  # 1: it has a pty of its own (script(1) relays the caller's terminal to it)
+terminal=1  # 1: it has a pty of its own (script(1) relays the caller's terminal to it)
 container_pids() {
   local p
   for p in /proc/[0-9]*; do
@@ -311,7 +311,7 @@ sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 136:* rwm' /sys/fs/cgroup/devic
 
 # == security: drop privileges ==
 # A private tmpfs for trusted copies of host tools: after pivot_root the image's own binaries are all there is, and none may run before privileges are dropped.
-nsenter --mount=/run/ctrsh/shell/ns/mnt -- mount -t tmpfs -o mode=0700,size=16m,nosuid,nodev ctrsh-tools /run/ctrsh/shell/rootfs/.ctrsh
+nsenter --mount=/run/ctrsh/shell/ns/mnt -- mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev ctrsh-tools /run/ctrsh/shell/rootfs/.ctrsh
 # Copy in the host's static busybox (umount, rmdir, env for PID 1) and setpriv with its libraries and loader (setpriv drops capabilities; busybox's own setpriv cannot drop the bounding set).
 nsenter --mount=/run/ctrsh/shell/ns/mnt -- cp /bin/busybox /usr/bin/setpriv /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libcap-ng.so.0 /lib/x86_64-linux-gnu/libc.so.6 /run/ctrsh/shell/rootfs/.ctrsh/
 
