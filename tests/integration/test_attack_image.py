@@ -141,6 +141,10 @@ int main(void) { printf("%ld\n", syscall(SYS_keyctl, 0, -4, 0)); return 0; }
 """
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: keyrings are per uid; only a user namespace or seccomp (no stock tool) would separate them",
+)
 def test_container_root_does_not_share_the_hosts_root_keyring(image: Image, tmp_path: Path) -> None:
     """Keyrings are per user namespace, and without seccomp (which Docker uses to refuse keyctl,
     add_key, request_key) uid 0 in the container *is* host root for the kernel's key service: its

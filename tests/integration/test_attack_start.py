@@ -63,6 +63,9 @@ def nspid(pid: int) -> list[str]:
         return next(line.split()[1:] for line in f if line.startswith("NSpid:"))
 
 
+@pytest.mark.xfail(
+    strict=True, reason="known hazard: pivot_root moves the root of the unshare parent too; it opens nothing after"
+)
 def test_host_side_helpers_are_not_rooted_in_the_container(ctrsh: Ctrsh) -> None:
     """pivot_root(2) moves the root of *every* process of the mount namespace whose root was the old
     one: the `unshare --fork` parent (and script(1) with terminal: true), which live in the host's
@@ -79,7 +82,18 @@ def test_host_side_helpers_are_not_rooted_in_the_container(ctrsh: Ctrsh) -> None
     assert not rooted, f"host-side processes {rooted} have the container's rootfs as their root"
 
 
-@pytest.mark.parametrize("user", ["root", "1000"])
+@pytest.mark.parametrize(
+    "user",
+    [
+        "root",
+        pytest.param(
+            "1000",
+            marks=pytest.mark.xfail(
+                strict=True, reason="known gap: a uid change clears PDEATHSIG; destroy kills it by cgroup"
+            ),
+        ),
+    ],
+)
 def test_container_dies_with_its_unshare_parent(ctrsh: Ctrsh, user: str) -> None:
     """`unshare --kill-child` sets PDEATHSIG on PID 1, but the kernel clears it when setpriv changes
     the uid (security.user). `kill -9 %1` on a shell job reaches ctrsh and the unshare parent (the
