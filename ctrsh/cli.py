@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -69,32 +69,66 @@ def apply(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print the commands as they run.")] = False,
     state_dir: StateDir = None,
     data_dir: DataDir = None,
+    detach: Annotated[
+        bool,
+        typer.Option("--detach", "-d", help="Run in the background (output to STATE/NAME/log); return once it runs."),
+    ] = False,
+    stop_timeout: Annotated[
+        float, typer.Option("--stop-timeout", help="Seconds from SIGTERM to SIGKILL when stopping it.", min=0)
+    ] = 10.0,
 ) -> None:
     """Run the container for real, in the foreground (needs root).
 
     Each command is printed on stderr as it runs (a valid shell script: notes are
     comments). The container uses your terminal; ctrsh exits with its exit code.
     When it exits, fails or is interrupted, everything is undone, newest first.
+    With -d it runs detached: `ctrsh ps`, `exec`, `logs`, `stop` and `destroy` take it from there.
     """
     plan, facts = _plan(recipe, state_dir, data_dir)
     from . import preflight
     from .facts import Paths
+    from .lock import LOCK_FD, NameLock, lock_path
     from .phases import cgroups
     from .signals import Interrupted
     from .trace import Trace
 
     paths = Paths(facts, plan.name)
-    preflight.check(plan, facts, paths)
-    oom_counter = cgroups.oom_counter(facts, plan.name)
+    preflight.require_root("apply")
+    if detach and plan.terminal:
+        raise UsageError("a detached container has no terminal: drop `process.terminal` or `-d`")
+    name_lock = NameLock(lock_path(facts.state_dir, plan.name))
+    if not name_lock.try_acquire():
+        raise preflight.NameInUse(_running_message(facts, plan.name))
+    handed_over = False
     try:
-        code = _apply_claiming(
-            plan, facts, paths, Trace(quiet=quiet), lambda: _plan(recipe, state_dir, data_dir), oom_counter
-        )
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except Interrupted as e:
-        raise typer.Exit(128 + e.signum) from None
+        preflight.check(plan, facts, paths)
+        if detach:
+            name_lock.at(LOCK_FD)
+        oom_counter = cgroups.oom_counter(facts, plan.name)
+        try:
+            code = _apply_claiming(
+                plan, facts, paths, Trace(quiet=quiet), lambda: _plan(recipe, state_dir, data_dir), oom_counter,
+                grace=stop_timeout, detach=paths if detach else None,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        except Interrupted as e:
+            raise typer.Exit(128 + e.signum) from None
+        handed_over = detach
+    finally:
+        name_lock.release(remove=not handed_over)  # detached: the holder keeps it
     raise typer.Exit(code)
+
+
+def _running_message(facts: Facts, name: str) -> str:
+    from . import lifecycle
+
+    st = lifecycle.status(facts, name)
+    pid = f" (pid {st.pid})" if st.pid else ""
+    return (
+        f"a container named {name!r} is running{pid}: `ctrsh stop {name}` stops it, "
+        f"`ctrsh destroy --force {name}` stops and removes it"
+    )
 
 
 def _apply_claiming(
@@ -104,6 +138,7 @@ def _apply_claiming(
     trace: Trace,
     again: Callable[[], tuple[Plan, Facts]],
     oom_counter: str | None,
+    **options: Any,
 ) -> int:
     """engine.apply; if another apply claimed our address (or port) between survey and claim, the claim
     step failed and was rolled back: survey and compile again, with the next free one (see ipam)."""
@@ -113,13 +148,13 @@ def _apply_claiming(
 
     for _ in range(MAX_CLAIM_RETRIES):
         try:
-            return engine.apply(plan, paths.journal, paths.nsfile("mnt"), trace, oom_counter)
+            return engine.apply(plan, paths.journal, paths.nsfile("mnt"), trace, oom_counter, **options)
         except StepFailed:
             if not lost_race(plan, facts):
                 raise
             trace.note("another container took that address or port meanwhile: allocating again")
             plan, facts = again()
-    return engine.apply(plan, paths.journal, paths.nsfile("mnt"), trace, oom_counter)
+    return engine.apply(plan, paths.journal, paths.nsfile("mnt"), trace, oom_counter, **options)
 
 
 MAX_CLAIM_RETRIES = 16  # each lost race means another apply won: bounded by how many run at once
@@ -154,36 +189,180 @@ def export(
         sys.stdout.write(text)
 
 
+NameArg = Annotated[str, typer.Argument(help="Container name (the recipe's `name`).")]
+Timeout = Annotated[
+    float, typer.Option("--time", "-t", help="Seconds from SIGTERM to SIGKILL (as `docker stop -t`).", min=0)
+]
+
+
+def _facts_for(name: str | None, state_dir: str | None, data_dir: str | None, what: str | None) -> Facts:
+    from . import preflight
+    from .facts import detect
+    from .recipe import check_name
+
+    if name is not None and (msg := check_name(name)):
+        raise UsageError(msg)
+    if what:
+        preflight.require_root(what)
+    return detect(state_dir, data_dir)
+
+
 @app.command()
 def destroy(
-    name: Annotated[str, typer.Argument(help="Container name (the recipe's `name`).")],
+    name: Annotated[str | None, typer.Argument(help="Container name (the recipe's `name`).")] = None,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Every container of this state dir.")] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Stop a running container first.")] = False,
+    time_: Timeout = 10.0,
     state_dir: StateDir = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Tear down a container left behind (ctrsh was killed): kill its processes, run its journaled undos."""
-    from . import engine, preflight
-    from .facts import Paths, detect
+    """Tear down a container: one that exited or was stopped, a detached one (with --force also a
+    running one, stopped first as `stop` does), or one left behind when ctrsh was killed: kill its
+    processes, run its journaled undos."""
+    from . import lifecycle
+
+    if (name is None) == (not all_):
+        raise UsageError("name a container, or give --all")
+    facts = _facts_for(name, state_dir, data_dir, "destroy")
+    targets = lifecycle.names(facts) if all_ else [name or ""]
+    failed = []
+    for n in targets:
+        try:
+            _destroy_one(facts, n, force or (all_ and force), time_, quiet_missing=all_)
+        except CtrshError as e:
+            if not all_:
+                raise
+            failed.append(f"{n}: {e}")
+    if failed:
+        raise CtrshError("\n".join(failed))
+
+
+def _destroy_one(facts: Facts, name: str, force: bool, grace: float, quiet_missing: bool = False) -> None:
+    import time
+
+    from . import engine, lifecycle
+    from .facts import Paths
     from .ipam import leftover_network, leftover_releases
     from .journal import Journal
-    from .recipe import check_name
+    from .lock import NameLock, lock_path
     from .trace import Trace
 
-    if msg := check_name(name):
-        raise UsageError(msg)
-    preflight.require_root("destroy")
-    paths = Paths(detect(state_dir, data_dir), name)
-    journal = engine.leftover_journal(paths)
-    for release in leftover_releases(paths.facts, name):  # claims made but not yet journaled when killed
-        if release not in journal.undos:
-            journal.entries.append((release, None))
-    if not journal.entries:
-        raise UsageError(f"no container {name!r} here: nothing of it in {paths.state}, {paths.layer} or netns")
-    failed = engine.undo_all(journal, Trace(), paths.nsfile("mnt"))
-    rest = leftover_network(paths.facts, name)  # a step ran but its undo never reached the journal
-    if rest:
-        failed += engine.undo_all(Journal(paths.journal, [(undo, None) for undo in rest]), Trace(), paths.nsfile("mnt"))
-    if failed:
-        raise CtrshError("teardown incomplete:\n" + "\n".join(failed))
+    trace = Trace()
+    paths = Paths(facts, name)
+    name_lock = NameLock(lock_path(facts.state_dir, name))
+    if not name_lock.try_acquire():
+        if not force:
+            raise CtrshError(_running_message(facts, name).replace("is running", "is running, not destroyed"))
+        lifecycle.stop(facts, name, grace, trace)
+        end = time.monotonic() + 15
+        while not name_lock.try_acquire():
+            if time.monotonic() > end:
+                raise CtrshError(f"{name!r} is still running after it was stopped")
+            time.sleep(0.02)
+    try:
+        journal = engine.leftover_journal(paths)
+        for release in leftover_releases(paths.facts, name):  # claims made but not yet journaled when killed
+            if release not in journal.undos:
+                journal.entries.append((release, None))
+        if not journal.entries:
+            if quiet_missing:
+                return
+            raise UsageError(f"no container {name!r} here: nothing of it in {paths.state}, {paths.layer} or netns")
+        failed = engine.undo_all(journal, trace, paths.nsfile("mnt"))
+        rest = leftover_network(paths.facts, name)  # a step ran but its undo never reached the journal
+        if rest:
+            failed += engine.undo_all(
+                Journal(paths.journal, [(undo, None) for undo in rest]), trace, paths.nsfile("mnt")
+            )
+        if failed:
+            raise CtrshError("teardown incomplete:\n" + "\n".join(failed))
+    finally:
+        name_lock.release(remove=True)
+
+
+@app.command()
+def stop(
+    name: NameArg,
+    time_: Timeout = 10.0,
+    state_dir: StateDir = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Stop a running container as `docker stop` does: SIGTERM to its PID 1, SIGKILL after the grace time.
+    A detached one then shows as exited until `destroy`; a foreground apply rolls back."""
+    from . import lifecycle
+    from .trace import Trace
+
+    facts = _facts_for(name, state_dir, data_dir, "stop")
+    st = lifecycle.status(facts, name)
+    if not st.running:
+        print(f"ctrsh: {name} is not running ({st.state})", file=sys.stderr)
+        return
+    lifecycle.stop(facts, name, time_, Trace())
+    print(f"ctrsh: {name}: {lifecycle.status(facts, name).state}", file=sys.stderr)
+
+
+@app.command()
+def ps(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON list of objects.")] = False,
+    state_dir: StateDir = None,
+    data_dir: DataDir = None,
+) -> None:
+    """List containers: name, state (running, exited N, stopped), PID 1 on the host, uptime, command."""
+    from . import lifecycle
+
+    facts = _facts_for(None, state_dir, data_dir, None)
+    sys.stdout.write(lifecycle.render_ps([lifecycle.status(facts, n) for n in lifecycle.names(facts)], as_json))
+
+
+@app.command()
+def logs(
+    name: NameArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the container ends.")] = False,
+    state_dir: StateDir = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Print a detached container's output (STATE/NAME/log)."""
+    import subprocess
+
+    from . import lifecycle
+    from .facts import Paths
+    from .trace import Trace
+
+    facts = _facts_for(name, state_dir, data_dir, None)
+    argv = lifecycle.logs_argv(Paths(facts, name), follow)
+    Trace().command(" ".join(__import__("shlex").quote(a) for a in argv))
+    with contextlib.suppress(KeyboardInterrupt):
+        raise typer.Exit(subprocess.run(argv, check=False).returncode)
+    raise typer.Exit(130)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def exec(
+    name: NameArg,
+    command: Annotated[list[str], typer.Argument(help="The command and its arguments.", metavar="CMD...")],
+    interactive: Annotated[bool, typer.Option("--interactive", "-i", help="Keep stdin open.")] = False,
+    tty: Annotated[bool, typer.Option("--tty", "-t", help="A pty of its own (for a shell: -it).")] = False,
+    state_dir: StateDir = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run a command in a running container: in all its namespaces and cgroups, with its PID 1's
+    privileges (capability bounding set, user, no_new_privs) and environment."""
+    from . import engine, lifecycle
+    from .facts import Paths
+    from .trace import Trace
+
+    facts = _facts_for(name, state_dir, data_dir, "exec")
+    st = lifecycle.status(facts, name)
+    pid = lifecycle.pid1(Paths(facts, name)) if st.running else None
+    if pid is None:
+        raise CtrshError(f"{name} is not running ({st.state})")
+    argv = lifecycle.exec_argv(facts, name, pid, command, tty)
+    Trace().command(" ".join(__import__("shlex").quote(a) for a in argv))
+    if not interactive and not tty:
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    raise typer.Exit(engine.run_foreground(argv, relay=not tty))
 
 
 def _size(n: int) -> str:

@@ -49,6 +49,7 @@ def compile_plan(recipe: Recipe, facts: Facts) -> Plan:
         container_ns=ctx.paths.nsfile("mnt"),
         notes=notes,
         terminal=recipe.process.terminal,
+        command=tuple(recipe.process.args),
     )
 
 

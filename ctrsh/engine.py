@@ -141,7 +141,10 @@ def say(text: str) -> bool:
 
 
 def undo_all(journal: Journal, trace: Trace, mnt_nsfile: str) -> list[str]:
-    """Run the journal's undos newest first, carrying on past failures; return what failed."""
+    """Run the journal's undos newest first, carrying on past failures; return what failed.
+
+    An unsure undo (its step may never have taken effect: the one in flight when ctrsh was stopped
+    or killed, or a shared step) that fails had nothing to undo: noted, not a failure."""
     failed = []
     with shielded(trace):
         procs.kill_all(mnt_nsfile, trace)
@@ -149,11 +152,16 @@ def undo_all(journal: Journal, trace: Trace, mnt_nsfile: str) -> list[str]:
             trace.note("teardown: undo what ran, newest first")
         for undo in reversed(journal.undos):
             trace.command(shlex.join(undo))
+            unsure = journal.is_unsure(undo)
             try:
                 run_step(undo)
-                journal.forget(undo)
             except (StepFailed, OSError) as e:  # OSError: the journal could not be saved; carry on
-                failed.append(str(e))
+                if not unsure:
+                    failed.append(str(e))
+                    continue
+                trace.note("(its step may never have run: nothing to undo)")
+            with suppress(OSError):
+                journal.forget(undo)
     return failed
 
 
@@ -186,13 +194,39 @@ def leftover_journal(paths: Paths) -> Journal:
     return Journal(paths.journal, [(undo, None) for undo in found])
 
 
-def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace, oom_counter: str | None = None) -> int:
+def run_detached(argv: Argv, keep_fd: int) -> None:
+    """Start the holder (`setsid --fork`: it returns at once), passing it the lock's descriptor."""
+    import subprocess
+
+    dev = subprocess.DEVNULL
+    try:
+        code = subprocess.run(argv, stdin=dev, stdout=dev, stderr=dev, pass_fds=(keep_fd,), check=False).returncode
+    except FileNotFoundError:
+        raise StepFailed(_failure(argv, "command not found", b"")) from None
+    if code != 0:
+        raise StepFailed(_failure(argv, f"exit code {code}", b""))
+
+
+def apply(
+    plan: Plan,
+    journal_path: str,
+    mnt_nsfile: str,
+    trace: Trace,
+    oom_counter: str | None = None,
+    grace: float | None = None,
+    detach: Paths | None = None,
+) -> int:
     """Run every step, then tear down; return the container's exit code.
 
     oom_counter: the container's cgroup file counting OOM kills, read once the container has
-    exited (and before teardown removes it) to say so, and exit 137, if the OOM killer struck."""
+    exited (and before teardown removes it) to say so, and exit 137, if the OOM killer struck.
+    grace: seconds between SIGTERM and SIGKILL when ctrsh is told to stop the container.
+    detach: run the container under a holder (lifecycle.HOLDER) and return once it runs, leaving
+    the journal for `ctrsh stop`/`destroy` (the name's lock is passed on, on lock.LOCK_FD)."""
     journal = Journal(journal_path)
     signals = Signals(mnt_nsfile, trace)
+    if grace is not None:
+        signals.grace = grace
     code = 0
     with signals.installed():
         try:
@@ -200,8 +234,32 @@ def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace, oom_coun
                 signals.check()
                 if step.creates and os.path.lexists(step.creates):
                     trace.skip(step)
+                    journal.shared(step)
                     continue
                 trace.step(step)
+                journal.intend(step)  # before it runs: a kill -9 mid-step still leaves its undo for destroy
+                if step.foreground and detach is not None:
+                    from . import lifecycle
+                    from .lock import LOCK_FD
+
+                    for extra in (lifecycle.command_step(detach, list(plan.command)),):
+                        trace.step(extra)
+                        run_step(extra.argv)
+                    held = lifecycle.holder_step(step, detach)
+                    trace.step(held)
+                    trace.note(f"(fd {LOCK_FD}: the name's lock, passed on to the holder)")
+                    run_detached(held.argv, LOCK_FD)
+                    signals.check()
+                    pid = lifecycle.wait_running(detach)
+                    if pid is None:
+                        state = lifecycle.status(detach.facts, detach.name).state
+                        say(f"ctrsh: {plan.name} ended at once ({state}): see `ctrsh logs {plan.name}`")
+                    else:
+                        trace.note(
+                            f"{plan.name} runs detached, PID 1 is {pid} on the host: "
+                            f"`ctrsh ps`, `ctrsh logs {plan.name}`, `ctrsh stop {plan.name}`"
+                        )
+                    return 0
                 if step.foreground:
                     with signals.container():
                         code = run_foreground(step.argv, relay=not plan.terminal)
@@ -215,8 +273,10 @@ def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace, oom_coun
                         (run_live if step.progress else run_step)(step.argv)
                     except StepFailed as e:
                         signals.check()  # the step died of the user's Ctrl-C: that is an interruption
+                        # It failed and said so: it made nothing (a name that exists is not ours to remove).
+                        journal.failed(step)
                         raise StepFailed(f"step {index} of {len(plan.steps)} failed ({step.phase}): {e}") from None
-                journal.record(step)
+                journal.done(step)
             signals.check()
         except BaseException as e:
             if isinstance(e, StepFailed):  # say what failed before the rollback output, not after it

@@ -52,6 +52,7 @@ class Plan:
     container_ns: str = ""  # the mount namespace file: the container's processes are those in it
     terminal: bool = False  # the container has a pty of its own (else its output is relayed off a terminal)
     notes: tuple[str, ...] = ()  # what the plan does not do and why (no fake steps for it), shown as comments
+    command: tuple[str, ...] = ()  # the container's process.args (for `ctrsh ps`)
 
     def by_phase(self) -> list[tuple[Phase, list[Step]]]:
         """Steps grouped by phase, in phase order, skipping empty phases."""

@@ -40,6 +40,14 @@ def kill_all(mnt_nsfile: str, trace: Trace, why: str = "processes still in the c
                 os.kill(pid, signal.SIGKILL)
 
 
+def signal_all(pids: list[int], signum: int, trace: Trace) -> None:
+    name = signal.Signals(signum).name.removeprefix("SIG")
+    trace.command(f"kill -{name} " + " ".join(map(str, pids)))
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
 def _comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:
@@ -63,5 +71,8 @@ def is_init(pid: int) -> bool:
 
 
 def catches(pid: int, signum: int) -> bool:
-    """Has the process a handler for signum (SigCgt is a bit mask, bit N-1 for signal N)?"""
-    return bool(int(_status(pid, "SigCgt") or "0", 16) & (1 << (signum - 1)))
+    """Does the process take signum: a handler for it (SigCgt, a bit mask, bit N-1 for signal N), or
+    blocked (SigBlk: the kernel queues a blocked signal even to init, and an init such as tini
+    collects it with sigtimedwait)?"""
+    mask = int(_status(pid, "SigCgt") or "0", 16) | int(_status(pid, "SigBlk") or "0", 16)
+    return bool(mask & (1 << (signum - 1)))

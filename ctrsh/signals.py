@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
@@ -27,15 +28,33 @@ from types import FrameType
 from . import procs
 from .trace import Trace
 
-STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-RESET = (signal.SIGPIPE, signal.SIGXFSZ)
+# Every signal whose default action ends ctrsh and that a handler can catch: each one stops the
+# container and rolls back (SIGKILL cannot be caught: `ctrsh destroy` covers it). Not the faults a
+# program raises on itself (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS): a handler that
+# returns would fault again. SIGPIPE included: `ctrsh apply r.yaml 2>&1 | head` rolls back, as the
+# exported script's PIPE trap does.
+STOPS = tuple(
+    getattr(signal, n)
+    for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGPIPE", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGXCPU",
+              "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGSTKFLT", "SIGABRT")
+    if hasattr(signal, n)
+) + tuple(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))  # fmt: skip
+RESET: tuple[int, ...] = ()  # (SIGPIPE and SIGXFSZ, which Python ignores, are in STOPS now)
+GRACE = 10.0  # seconds between SIGTERM and SIGKILL, as `docker stop`
+
+
+def _name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 class Interrupted(BaseException):
     """A signal asked ctrsh to stop: roll back, exit 128+signum."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
+        super().__init__(_name(signum))
         self.signum = signum
 
 
@@ -46,9 +65,12 @@ class Signals:
     container_running: bool = False
     pending: int | None = None  # a stop signal not yet acted on
     stopped_by_ctrl_c: bool = False
+    grace: float = GRACE
+    deadline: float | None = None  # while stopping: when SIGTERM's grace time is over
+    hard: bool = False  # stopping with SIGKILL, repeated until the container is gone
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.container_running and signum == signal.SIGINT:
+        if self.container_running and signum == signal.SIGINT and not self.stopping:
             # The container runs in a session of its own, out of reach of the caller's terminal, so
             # ctrsh passes Ctrl-C on to it (as `docker run` does) — unless PID 1 has no handler for it:
             # the kernel drops such signals to a namespace's init, so then ctrsh stops the container.
@@ -56,16 +78,37 @@ class Signals:
             inits = [p for p in pids if procs.is_init(p)]
             if any(not procs.catches(p, signum) for p in inits):
                 self.stopped_by_ctrl_c = True
-                procs.kill_all(self.mnt_nsfile, self.trace, "Ctrl-C: the container's PID 1 ignores it, so stop it")
+                self._stop("Ctrl-C: the container's PID 1 ignores it, so stop it")
             else:
                 for pid in inits or pids:
                     with suppress(ProcessLookupError):
                         os.kill(pid, signum)
             return
+        if self.stopped_by_ctrl_c and signum == signal.SIGINT:
+            return  # a second Ctrl-C while stopping: the grace time runs on
         self.pending = self.pending or signum
-        if self.container_running:
-            procs.kill_all(self.mnt_nsfile, self.trace, f"{signal.Signals(signum).name}: stop the container")
-            signal.setitimer(signal.ITIMER_REAL, 0.05)
+        if self.container_running and not self.stopping:
+            self._stop(f"{_name(signum)}: stop the container")
+
+    @property
+    def stopping(self) -> bool:
+        return self.deadline is not None
+
+    def _stop(self, why: str) -> None:
+        """As `docker stop`: SIGTERM to PID 1, SIGKILL to all once the grace time is over. A PID 1
+        of a PID namespace with no SIGTERM handler never gets it (the kernel drops it), so it is
+        killed at once rather than after a grace time that cannot help."""
+        pids = procs.container_pids(self.mnt_nsfile)
+        inits = [p for p in pids if procs.is_init(p)]
+        targets = inits or pids
+        if not targets or any(procs.is_init(p) and not procs.catches(p, signal.SIGTERM) for p in targets):
+            procs.kill_all(self.mnt_nsfile, self.trace, why)
+            self.hard = True
+        else:
+            self.trace.note(f"{why}: SIGTERM, then SIGKILL after {self.grace:g} s")
+            procs.signal_all(targets, signal.SIGTERM, self.trace)
+        self.deadline = time.monotonic() + self.grace
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
 
     def check(self) -> None:
         if self.pending:
@@ -83,12 +126,19 @@ class Signals:
                 yield
         finally:
             self.container_running = False
+            self.deadline = None
+            self.hard = False
             signal.setitimer(signal.ITIMER_REAL, 0)
 
     def _rekill(self, signum: int, frame: FrameType | None) -> None:
-        if self.container_running and self.pending:
+        if not (self.container_running and self.deadline is not None):
+            return
+        if self.hard:  # it may still be entering its namespaces: kill what is there by now
             procs.kill_all(self.mnt_nsfile, self.trace, "still stopping the container")
-            signal.setitimer(signal.ITIMER_REAL, 0.05)
+        elif time.monotonic() >= self.deadline:
+            self.hard = True
+            procs.kill_all(self.mnt_nsfile, self.trace, "the grace time is over: SIGKILL")
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
 
     def installed(self) -> AbstractContextManager[None]:
         return handlers({**dict.fromkeys(STOPS, self.handle), **dict.fromkeys(RESET, _ignore)})
@@ -102,7 +152,7 @@ Handler = Callable[[int, FrameType | None], None]
 
 
 @contextmanager
-def handlers(table: dict[signal.Signals, Handler]) -> Iterator[None]:
+def handlers(table: dict[int, Handler]) -> Iterator[None]:
     """Install these signal handlers for the duration, then put the old ones back."""
     old = {s: signal.signal(s, h) for s, h in table.items()}
     try:
@@ -117,7 +167,7 @@ def shielded(trace: Trace) -> Iterator[None]:
     """A teardown cut short leaves the host half-changed: Ctrl-C and SIGTERM wait for it."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        trace.note(f"{signal.Signals(signum).name}: finishing the teardown first")
+        trace.note(f"{_name(signum)}: finishing the teardown first")
 
     with handlers(dict.fromkeys(STOPS, handler)):
         yield
