@@ -19,7 +19,7 @@ from . import oom, procs
 from .errors import StepFailed
 from .facts import Paths
 from .journal import Journal
-from .plan import Argv, Plan
+from .plan import Argv, Plan, Step
 from .signals import Interrupted, Signals, shielded
 from .trace import Trace
 
@@ -156,13 +156,40 @@ def undo_all(journal: Journal, trace: Trace, mnt_nsfile: str) -> list[str]:
             try:
                 run_step(undo)
             except (StepFailed, OSError) as e:  # OSError: the journal could not be saved; carry on
-                if not unsure:
+                if already_undone(undo):
+                    trace.note("(already undone: nothing left to undo)")
+                elif unsure:
+                    trace.note("(its step may never have run: nothing to undo)")
+                else:
                     failed.append(str(e))
                     continue
-                trace.note("(its step may never have run: nothing to undo)")
             with suppress(OSError):
                 journal.forget(undo)
     return failed
+
+
+def mounted(path: str) -> bool:
+    """Is path a mount point here (also a dir bind-mounted onto itself, which os.path.ismount misses)?"""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f]
+    except OSError:
+        return False
+    # mountinfo escapes space, tab, newline and backslash as octal
+    decoded = {p.encode().decode("unicode_escape") if "\\" in p else p for p in points}
+    return os.path.normpath(path) in decoded
+
+
+def already_undone(undo: Argv) -> bool:
+    """Undos are idempotent: one that failed because what it removes is already gone (the mount
+    went with its namespace, another teardown removed the netns) has nothing left to do."""
+    if undo[:1] == ("umount",):
+        return not mounted(undo[-1])
+    if undo[:3] == ("ip", "netns", "delete"):
+        return not os.path.lexists(f"/run/netns/{undo[3]}")
+    if undo[:1] == ("rmdir",):
+        return not os.path.lexists(undo[-1])
+    return False
 
 
 def leftover_journal(paths: Paths) -> Journal:
@@ -182,7 +209,7 @@ def leftover_journal(paths: Paths) -> Journal:
     found: list[Argv] = []  # in the order apply creates them; undone in reverse
     if os.path.isdir(paths.state):
         found.append(("rm", "-rf", "--one-file-system", paths.state))
-    if os.path.ismount(paths.ns):
+    if mounted(paths.ns):  # the exported script's holder: a dir bind-mounted onto itself
         found.append(("umount", "--recursive", paths.ns))
     if os.path.exists(f"/run/netns/{paths.netns}"):
         found.append(("ip", "netns", "delete", paths.netns))
@@ -205,6 +232,30 @@ def run_detached(argv: Argv, keep_fd: int) -> None:
         raise StepFailed(_failure(argv, "command not found", b"")) from None
     if code != 0:
         raise StepFailed(_failure(argv, f"exit code {code}", b""))
+
+
+def _detach(plan: Plan, step: Step, paths: Paths, trace: Trace, signals: Signals) -> None:
+    """The container's start step under the holder (lifecycle.HOLDER); back once PID 1 runs."""
+    from . import lifecycle
+    from .lock import LOCK_FD
+
+    extra = lifecycle.command_step(paths, list(plan.command))
+    trace.step(extra)
+    run_step(extra.argv)
+    held = lifecycle.holder_step(step, paths)
+    trace.step(held)
+    trace.note(f"(fd {LOCK_FD}: the name's lock, passed on to the holder)")
+    run_detached(held.argv, LOCK_FD)
+    signals.check()
+    pid = lifecycle.wait_running(paths)
+    if pid is None:
+        state = lifecycle.status(paths.facts, paths.name).state
+        say(f"ctrsh: {plan.name} ended at once ({state}): see `ctrsh logs {plan.name}`")
+    else:
+        trace.note(
+            f"{plan.name} runs detached, PID 1 is {pid} on the host: "
+            f"`ctrsh ps`, `ctrsh logs {plan.name}`, `ctrsh stop {plan.name}`, `ctrsh destroy {plan.name}`"
+        )
 
 
 def apply(
@@ -236,30 +287,11 @@ def apply(
                     trace.skip(step)
                     journal.shared(step)
                     continue
+                if step.foreground and detach is not None:
+                    _detach(plan, step, detach, trace, signals)
+                    return 0
                 trace.step(step)
                 journal.intend(step)  # before it runs: a kill -9 mid-step still leaves its undo for destroy
-                if step.foreground and detach is not None:
-                    from . import lifecycle
-                    from .lock import LOCK_FD
-
-                    for extra in (lifecycle.command_step(detach, list(plan.command)),):
-                        trace.step(extra)
-                        run_step(extra.argv)
-                    held = lifecycle.holder_step(step, detach)
-                    trace.step(held)
-                    trace.note(f"(fd {LOCK_FD}: the name's lock, passed on to the holder)")
-                    run_detached(held.argv, LOCK_FD)
-                    signals.check()
-                    pid = lifecycle.wait_running(detach)
-                    if pid is None:
-                        state = lifecycle.status(detach.facts, detach.name).state
-                        say(f"ctrsh: {plan.name} ended at once ({state}): see `ctrsh logs {plan.name}`")
-                    else:
-                        trace.note(
-                            f"{plan.name} runs detached, PID 1 is {pid} on the host: "
-                            f"`ctrsh ps`, `ctrsh logs {plan.name}`, `ctrsh stop {plan.name}`"
-                        )
-                    return 0
                 if step.foreground:
                     with signals.container():
                         code = run_foreground(step.argv, relay=not plan.terminal)
