@@ -254,6 +254,7 @@ def _destroy_one(facts: Facts, name: str, force: bool, grace: float, quiet_missi
         if not force:
             raise CtrshError(_running_message(facts, name).replace("is running", "is running, not destroyed"))
         lifecycle.stop(facts, name, grace, trace)
+        quiet_missing = True  # a foreground apply rolls back by itself: then nothing is left
         end = time.monotonic() + 15
         while not name_lock.try_acquire():
             if time.monotonic() > end:

@@ -239,7 +239,7 @@ def stop(facts: Facts, name: str, grace: float, trace: Trace) -> bool:
     if not lock.is_held(lockfile):
         return False
     pid = pid1(paths)
-    if pid is None and not os.path.exists(f"{paths.state}/{PID}"):
+    if not os.path.exists(f"{paths.state}/{PID}"):
         # a foreground apply: it stops its container and rolls back itself on SIGTERM
         owner = lock.holder(lockfile)
         if owner:

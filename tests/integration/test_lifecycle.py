@@ -1,0 +1,198 @@
+"""Detached containers and their lifecycle: apply -d, ps, exec, logs, stop, destroy; the name's lock;
+stop's grace time; every fatal signal rolls back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, Ctrsh
+from .test_container import inside_recipe, wait_for_pid1
+
+HANDLES_TERM = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done"
+
+
+def ps(ctrsh: Ctrsh) -> dict[str, dict[str, object]]:
+    r = ctrsh.run("ps", "--json")
+    assert r.returncode == 0, r.stderr
+    return {row["name"]: row for row in json.loads(r.stdout)}
+
+
+def wait_log(ctrsh: Ctrsh, name: str, text: str) -> str:
+    for _ in range(500):
+        r = ctrsh.run("logs", name)
+        if text in r.stdout:
+            return r.stdout
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} never reached the log of {name}")
+
+
+def lock_file(ctrsh: Ctrsh, name: str) -> Path:
+    return Path(f"{ctrsh.env['CTRSH_STATE_DIR']}.{name}.lock")
+
+
+def test_detached_lifecycle(ctrsh: Ctrsh) -> None:
+    name = "test-detach"
+    r = ctrsh.run("apply", "-d", ctrsh.recipe(inside_recipe(name, HANDLES_TERM)))
+    assert r.returncode == 0, r.stderr
+    assert "setsid --fork sh -c" in r.stderr  # the holder is a printed step like the others
+    try:
+        row = ps(ctrsh)[name]
+        assert row["state"] == "running" and isinstance(row["pid"], int)
+        pid1 = row["pid"]
+        assert Path(f"/proc/{pid1}/status").exists()
+        assert "while :" in str(row["command"])
+        # what stays on the host for it: the holder sh (and PID 1's unshare), no Python
+        holder = int(lock_file(ctrsh, name).read_text())
+        assert Path(f"/proc/{holder}/comm").read_text().strip() == "sh"
+        python = [p for p in os.listdir("/proc") if p.isdigit() and _python_for(p, name)]
+        assert python == []
+
+        # one name, one container
+        again = ctrsh.run("apply", "-d", ctrsh.recipe(inside_recipe(name, HANDLES_TERM)))
+        assert again.returncode == 125
+        assert f"a container named '{name}' is running (pid {pid1})" in again.stderr
+        fg = ctrsh.run("apply", ctrsh.recipe(inside_recipe(name, HANDLES_TERM)))
+        assert fg.returncode == 125 and "is running" in fg.stderr
+
+        assert wait_log(ctrsh, name, "ready\n") == "ready\n"
+        refused = ctrsh.run("destroy", name)
+        assert refused.returncode != 0 and "is running, not destroyed" in refused.stderr
+        assert ps(ctrsh)[name]["state"] == "running"
+
+        # exec: its namespaces, its privileges, its environment, no descriptor of ours
+        ex = ctrsh.run(
+            "exec", name, "/bin/sh", "-c",
+            'hostname; echo "pid1=$(cat /proc/1/cmdline | tr "\\0" " ")"; grep -E "^(CapBnd|NoNewPrivs)" /proc/self/status;'
+            ' echo "home=$HOME"; ls /proc/self/fd | sort -n | tr "\\n" " "; echo; [ -e /.ctrsh ] && echo tools || echo no-tools',
+        )  # fmt: skip
+        assert ex.returncode == 0, ex.stderr
+        lines = ex.stdout.splitlines()
+        assert lines[0] == f"{name}-host"
+        assert lines[1].startswith("pid1=/bin/sh -c trap")  # its PID namespace: PID 1 is the container's
+        status = Path(f"/proc/{pid1}/status").read_text()
+        cap_bnd = next(line for line in status.splitlines() if line.startswith("CapBnd"))
+        assert lines[2] == cap_bnd and lines[3] == "NoNewPrivs:\t1"
+        assert lines[4] == "home=/root"
+        assert lines[5].split() == ["0", "1", "2", "3"]  # 3: ls's own listing of /proc/self/fd
+        assert lines[6] == "no-tools"
+        assert "nsenter --target=" in ex.stderr  # printed like apply's steps
+        assert ctrsh.run("exec", name, "/bin/sh", "-c", "exit 6").returncode == 6
+
+        # stop: SIGTERM to PID 1, which handles it and exits 7
+        st = ctrsh.run("stop", name)
+        assert st.returncode == 0, st.stderr
+        assert f"kill -TERM {pid1}" in st.stderr
+        assert ps(ctrsh)[name]["state"] == "exited 7"
+        assert ctrsh.run("logs", name).stdout == "ready\ngot-term\n"
+        assert "is not running" in ctrsh.run("exec", name, "true").stderr
+    finally:
+        d = ctrsh.run("destroy", "--force", name)
+    assert d.returncode == 0, d.stderr
+    assert not lock_file(ctrsh, name).exists()
+    assert name not in ps(ctrsh)
+
+
+def _python_for(pid: str, name: str) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"python" in cmd and b"ctrsh" in cmd and name.encode() in cmd
+
+
+def test_exits_on_its_own_and_shows_its_code(ctrsh: Ctrsh) -> None:
+    name = "test-detach-exit"
+    r = ctrsh.run("apply", "-d", ctrsh.recipe(inside_recipe(name, "echo bye; sleep 0.3; exit 3")))
+    assert r.returncode == 0, r.stderr
+    for _ in range(500):
+        if ps(ctrsh)[name]["state"] != "running":
+            break
+        time.sleep(0.02)
+    assert ps(ctrsh)[name]["state"] == "exited 3"
+    assert ctrsh.run("logs", "-f", name).stdout == "bye\n"  # -f ends: the container has
+    again = ctrsh.run("apply", "-d", ctrsh.recipe(inside_recipe(name, "true")))
+    assert again.returncode == 125 and "already exists" in again.stderr
+    assert ctrsh.run("destroy", name).returncode == 0
+
+
+def test_stop_kills_after_the_grace_time(ctrsh: Ctrsh) -> None:
+    """A PID 1 that handles SIGTERM and carries on is killed once the grace time is over."""
+    name = "test-grace"
+    script = "trap 'echo ignoring-term' TERM; echo ready; while :; do sleep 0.1; done"
+    assert ctrsh.run("apply", "-d", ctrsh.recipe(inside_recipe(name, script))).returncode == 0
+    try:
+        wait_log(ctrsh, name, "ready")
+        st = ctrsh.run("stop", "-t", "0.5", name)
+        assert st.returncode == 0, st.stderr
+        assert "SIGKILL every process in the container's cgroups" in st.stderr
+        assert "ignoring-term" in ctrsh.run("logs", name).stdout
+        assert ps(ctrsh)[name]["state"].startswith("exited ")  # type: ignore[union-attr]
+    finally:
+        assert ctrsh.run("destroy", name).returncode == 0
+
+
+def test_destroy_force_and_all(ctrsh: Ctrsh) -> None:
+    """`sleep` as PID 1 never sees SIGTERM (the kernel protects init): killed at once, no grace wait."""
+    for name in ("test-all-a", "test-all-b"):
+        r = ctrsh.run("apply", "-d", ctrsh.recipe(inside_recipe(name, "exec sleep 600"), f"{name}.yaml"))
+        assert r.returncode == 0, r.stderr
+    assert {ps(ctrsh)[n]["state"] for n in ("test-all-a", "test-all-b")} == {"running"}
+    d = ctrsh.run("destroy", "--all", "--force")
+    assert d.returncode == 0, d.stderr
+    assert "has no SIGTERM handler" in d.stderr
+    assert ps(ctrsh) == {}
+
+
+def start_foreground(ctrsh: Ctrsh, name: str, script: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        ctrsh.cmd("apply", ctrsh.recipe(inside_recipe(name, script))), env=ctrsh.env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    return proc
+
+
+def test_foreground_apply_holds_the_name(ctrsh: Ctrsh) -> None:
+    name = "test-fg-lock"
+    proc = start_foreground(ctrsh, name, "echo ready; exec sleep 600")
+    wait_for_pid1(f"{ctrsh.env['CTRSH_STATE_DIR']}/{name}/ns/mnt", "sleep")
+    again = ctrsh.run("apply", ctrsh.recipe(inside_recipe(name, "true")))
+    assert again.returncode == 125 and f"a container named '{name}' is running (pid " in again.stderr
+    assert ps(ctrsh)[name]["state"] == "running"
+    refused = ctrsh.run("destroy", name)
+    assert refused.returncode != 0 and "not destroyed" in refused.stderr
+    assert proc.poll() is None  # the refusal touched nothing
+    d = ctrsh.run("destroy", "--force", name)  # SIGTERM to the apply, which rolls back itself
+    assert d.returncode == 0, d.stderr
+    assert proc.wait(timeout=30) == 143
+
+
+@pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGUSR1, signal.SIGPIPE, signal.SIGRTMIN + 3])
+def test_every_fatal_signal_rolls_back(ctrsh: Ctrsh, sig: int) -> None:
+    name = "test-sig"
+    proc = start_foreground(ctrsh, name, "echo ready; exec sleep 600")
+    wait_for_pid1(f"{ctrsh.env['CTRSH_STATE_DIR']}/{name}/ns/mnt", "sleep")
+    proc.send_signal(sig)
+    assert proc.wait(timeout=30) == 128 + sig
+    assert proc.stderr is not None and "rolled back" in proc.stderr.read()
+
+
+def test_ctrl_c_sends_sigterm_first(ctrsh: Ctrsh) -> None:
+    """PID 1 ignores Ctrl-C but handles SIGTERM: as `docker stop`, it gets SIGTERM first."""
+    name = "test-ctrlc-term"
+    proc = start_foreground(ctrsh, name, "trap '' INT; " + HANDLES_TERM.replace("exit 7", "exit 0"))
+    wait_for_pid1(f"{ctrsh.env['CTRSH_STATE_DIR']}/{name}/ns/mnt", "sh")
+    os.killpg(proc.pid, signal.SIGINT)
+    code = proc.wait(timeout=30)
+    assert proc.stdout is not None and proc.stderr is not None
+    err = proc.stderr.read()
+    assert code == 130, err
+    assert proc.stdout.read() == "got-term\n", err
+    assert "SIGTERM, then SIGKILL after 10 s" in err
