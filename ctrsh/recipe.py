@@ -13,15 +13,33 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-from . import schema
+from . import schema, yamlload
 from .errors import Problem, RecipeError
 
 Namespace = Literal["mount", "uts", "ipc", "pid", "net", "cgroup"]
 ALL_NAMESPACES: tuple[Namespace, ...] = ("mount", "uts", "ipc", "pid", "net", "cgroup")
 
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
-LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # 63 at most
+_LABEL = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+LABEL_RE = re.compile(_LABEL)  # 63 at most
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# The kernel's limits on what execve takes: one string of at most MAX_ARG_STRLEN
+# bytes with its NUL, and all of them within a quarter of the stack limit (2 MiB
+# with the usual 8 MiB); ctrsh keeps well inside that, with room for its own.
+MAX_ARG_STRLEN = 131072
+MAX_ARGS_TOTAL = 1024 * 1024
+Issues = list[tuple[int | str | None, str]]  # (list index or mapping key, message): see schema.Checker._check
+
+
+def _too_long(text: str) -> str | None:
+    size = len(text.encode()) + 1
+    if size > MAX_ARG_STRLEN:
+        return (
+            f"is {size - 1} bytes; the kernel takes at most {MAX_ARG_STRLEN - 1} per argument "
+            "or variable (MAX_ARG_STRLEN)"
+        )
+    return None
 
 
 def check_name(value: str) -> str | None:
@@ -43,35 +61,51 @@ def check_hostname(value: str) -> str | None:
     return None
 
 
-def check_args(value: list[str]) -> str | None:
+def check_args(value: list[str]) -> str | Issues | None:
     if not value:
         return "needs at least the program to run, e.g. [/bin/sh]"
+    issues: Issues = []
     if not value[0]:
-        return "the program (first item) is empty"
+        issues.append((0, "the program (first item) is empty"))
     # It is exec'd by `env`, which would read a leading '-' as an option and a '=' as a variable.
-    if value[0].startswith("-") or "=" in value[0]:
-        return f"the program (first item) {value[0]!r} cannot start with '-' or contain '='"
-    return None
+    elif value[0].startswith("-") or "=" in value[0]:
+        issues.append((0, f"the program (first item) {value[0]!r} cannot start with '-' or contain '='"))
+    issues += [(i, msg) for i, arg in enumerate(value) if (msg := _too_long(arg))]
+    return issues
 
 
-def check_env(value: dict[str, str]) -> str | None:
-    bad = [k for k in value if not ENV_KEY_RE.fullmatch(k)]
-    if bad:
-        return f"{bad[0]!r} is not a valid variable name (letters, digits and '_', not starting with a digit)"
-    return None
+def check_env(value: dict[str, str]) -> Issues:
+    issues: Issues = []
+    for key, val in value.items():
+        if not ENV_KEY_RE.fullmatch(key):
+            issues.append(
+                (key, f"{key!r} is not a valid variable name (letters, digits and '_', not starting with a digit)")
+            )
+        elif isinstance(val, str) and (msg := _too_long(f"{key}={val}")):
+            issues.append((key, f"{key}=VALUE {msg}"))
+    return issues
 
 
 def check_cwd(value: str) -> str | None:
     return None if value.startswith("/") else f"{value!r} must be an absolute path inside the container"
 
 
-def check_namespaces(value: list[str]) -> str | None:
-    dupes = sorted({n for n in value if value.count(n) > 1})
-    if dupes:
-        return f"{dupes[0]!r} is listed twice"
-    if "mount" not in value:
-        return "'mount' is required: without its own mount namespace, pivot_root would change the host's root"
-    return None
+def check_namespaces(value: list[str]) -> Issues:
+    """Runs with invalid items too (they are skipped), so a typo and a duplicate come in one run."""
+    issues: Issues = []
+    first: dict[str, int] = {}
+    for i, kind in enumerate(value):
+        if not isinstance(kind, str):
+            continue
+        if kind in first:
+            issues.append((i, f"{kind!r} is listed twice (first as namespaces[{first[kind]}])"))
+        else:
+            first[kind] = i
+    if "mount" not in value and all(isinstance(k, str) for k in value):
+        issues.append(
+            (None, "'mount' is required: without its own mount namespace, pivot_root would change the host's root")
+        )
+    return issues
 
 
 @dataclass(frozen=True)
@@ -93,37 +127,100 @@ class Process:
     """The program the container runs as its PID 1."""
 
     args: list[str] = field(
-        metadata={"doc": "Program and arguments, run with exec (no shell unless you name one).", "check": check_args}
+        metadata={
+            "doc": "Program and arguments, run with exec (no shell unless you name one).",
+            "check": check_args,
+            "text": True,  # `[sleep, 300]`
+            "lines": True,  # a script for `sh -c` may have several lines
+            "json": {
+                "minItems": 1,
+                # the program: not empty, no leading '-', no '=' (a number written as one: not negative)
+                "not": {
+                    "prefixItems": [
+                        {"anyOf": [{"type": "string", "pattern": "^-|=|^$"}, {"type": "number", "exclusiveMaximum": 0}]}
+                    ]
+                },
+            },
+        }
     )
     env: dict[str, str] = field(
         default_factory=dict,
-        metadata={"doc": "Environment variables, added to PATH, HOME and HOSTNAME.", "check": check_env},
+        metadata={
+            "doc": "Environment variables, added to PATH, HOME and HOSTNAME.",
+            "check": check_env,
+            "partial": True,
+            "text": True,  # `PORT: 8080`
+            "json": {"propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}},
+        },
     )
-    cwd: str = field(default="/", metadata={"doc": "Working directory inside the container.", "check": check_cwd})
+    cwd: str = field(
+        default="/",
+        metadata={"doc": "Working directory inside the container.", "check": check_cwd, "json": {"pattern": "^/"}},
+    )
+
+    @staticmethod
+    def rules(p: Process) -> Issues:
+        total = sum(len(s.encode()) + 1 for s in (*p.args, *(f"{k}={v}" for k, v in p.env.items())))
+        if total > MAX_ARGS_TOTAL:
+            return [
+                (
+                    "args",
+                    f"the arguments and environment take {total} bytes; ctrsh allows at most {MAX_ARGS_TOTAL} "
+                    "(1 MiB; the kernel's execve limit is a quarter of the stack limit)",
+                )
+            ]
+        return []
 
 
 @dataclass(frozen=True)
 class Recipe:
     """A ctrsh recipe: one container, described by phase."""
 
-    name: str = field(metadata={"doc": "Container name: lowercase letters, digits and '-'.", "check": check_name})
+    name: str = field(
+        metadata={
+            "doc": "Container name: lowercase letters, digits and '-'.",
+            "check": check_name,
+            "json": {"pattern": "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", "maxLength": 63},
+        }
+    )
     rootfs: Rootfs = field(metadata={"doc": "Where the root filesystem comes from."})
     process: Process = field(metadata={"doc": "What runs inside."})
     hostname: str | None = field(
         default=None,
-        metadata={"doc": "Hostname inside (needs the uts namespace). Default: the name.", "check": check_hostname},
+        metadata={
+            "doc": "Hostname inside (needs the uts namespace). Default: the name.",
+            "check": check_hostname,
+            "json": {"pattern": f"^{_LABEL}(\\.{_LABEL})*$", "maxLength": 64},
+        },
     )
     namespaces: list[Namespace] | None = field(
         default=None,
         metadata={
             "doc": "Namespaces to create. Default: all of mount, uts, ipc, pid, net, and cgroup where the host has it.",
             "check": check_namespaces,
+            "partial": True,
+            "json": {"uniqueItems": True, "contains": {"const": "mount"}},
         },
     )
     # Bookkeeping, not recipe keys: where each value was written (dotted path ->
     # line, col), so problems found after loading (in compile) still point at the text.
     positions: dict[str, schema.Pos] = field(default_factory=dict, compare=False, repr=False, metadata=schema.INTERNAL)
     file: str = field(default="<recipe>", compare=False, repr=False, metadata=schema.INTERNAL)
+
+    @staticmethod
+    def rules(r: Recipe) -> Issues:
+        if r.hostname is not None and r.namespaces is not None and "uts" not in r.namespaces:
+            return [("hostname", "setting a hostname needs the 'uts' namespace (else it renames the host)")]
+        return []
+
+    # The same rule for the JSON Schema.
+    json_rules: ClassVar[dict[str, Any]] = {
+        "if": {
+            "required": ["hostname", "namespaces"],
+            "properties": {"hostname": {"type": "string"}, "namespaces": {"type": "array"}},
+        },
+        "then": {"properties": {"namespaces": {"contains": {"const": "uts"}}}},
+    }
 
     def problem(self, path: str, message: str) -> Problem:
         """A problem located at `path`'s value (or its nearest written parent)."""
@@ -140,6 +237,8 @@ def _loader() -> type[yaml.SafeLoader]:
 
 def parse(text: str, file: str) -> Recipe:
     """Parse and validate recipe text; raise RecipeError listing every problem."""
+    yamlload.check_text(text, file)
+    yamlload.check_events(text, file, _loader())
     loader = _loader()(text)
     try:
         try:
@@ -149,6 +248,8 @@ def parse(text: str, file: str) -> Recipe:
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             what = " ".join(x for x in (e.context, e.problem) if x)
             raise RecipeError([Problem(file, line, col, f"YAML syntax error: {what}")]) from None
+        except yaml.YAMLError as e:
+            raise RecipeError([Problem(file, 1, 1, f"YAML error: {e}")]) from None
         if root is None:
             raise RecipeError([Problem(file, 1, 1, "the recipe is empty; it needs at least name, rootfs and process")])
         checker = schema.Checker(file, construct=loader.construct_object)
@@ -163,13 +264,8 @@ def parse(text: str, file: str) -> Recipe:
 
 def load(path: str) -> Recipe:
     """Read and validate a recipe file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise RecipeError([Problem(path, 1, 1, f"cannot read recipe: {reason}")]) from None
-    return parse(text, path)
+    shown = "".join(c if c.isprintable() else "?" for c in path)  # the name starts every message line
+    return parse(yamlload.read(path, shown), shown)
 
 
 def recipe_schema() -> dict[str, Any]:
