@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -104,14 +103,12 @@ def export(
     data_dir: DataDir = None,
 ) -> None:
     """Write a standalone bash script that does what `apply` does: `ctrsh export r.yaml > r.sh; sudo bash r.sh`."""
-    from .export import export_script
+    from .export import export_script, write_script
 
     compiled, _ = _plan(recipe, state_dir, data_dir)
     text = export_script(compiled)
     if output:
-        with open(output, "w") as f:
-            f.write(text)
-        os.chmod(output, 0o755)
+        write_script(output, text)
     else:
         sys.stdout.write(text)
 

@@ -8,15 +8,14 @@ run in reverse, so the host ends as it began.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from typing import Any
 
-from . import procs
+from . import procs, safepath
 from .errors import StepFailed
 from .facts import Paths
 from .journal import Journal
-from .plan import Argv, Plan
+from .plan import Argv, Plan, join
 from .signals import Interrupted, Signals, shielded
 from .trace import Trace
 
@@ -37,8 +36,11 @@ def run_step(argv: Argv) -> None:
     gets the signal and acts on it once the step is done and its undo recorded.
     """
     sh = _sh()
+    program = safepath.resolve(argv[0])
+    if program is None:
+        raise StepFailed(_failure(argv, f"command not found in {safepath.SAFE_PATH}", b""))
     try:
-        sh.Command(argv[0])(*argv[1:], _tty_out=False, _in=None, _new_session=True)
+        sh.Command(program)(*argv[1:], _tty_out=False, _in=None, _new_session=True, _env=safepath.environ())
     except sh.ErrorReturnCode as e:
         raise StepFailed(_failure(argv, f"exit code {e.exit_code}", e.stderr or e.stdout)) from None
     except sh.CommandNotFound:
@@ -48,14 +50,17 @@ def run_step(argv: Argv) -> None:
 def _failure(argv: Argv, how: str, output: bytes) -> str:
     lines = output.decode(errors="replace").rstrip().splitlines()[-TAIL_LINES:]
     detail = "".join(f"\n    {line}" for line in lines)
-    return f"{shlex.join(argv)}\n  {how}{detail}"
+    return f"{join(argv)}\n  {how}{detail}"
 
 
 def run_foreground(argv: Argv) -> int:
     """Run the container on the user's terminal; return its exit code (128+N for signal N)."""
     sh = _sh()
+    program = safepath.resolve(argv[0])
+    if program is None:
+        raise StepFailed(_failure(argv, f"command not found in {safepath.SAFE_PATH}", b""))
     try:
-        sh.Command(argv[0])(*argv[1:], _fg=True)
+        sh.Command(program)(*argv[1:], _fg=True, _env=safepath.environ())
     except sh.ErrorReturnCode as e:
         code: int = e.exit_code
         return 128 - code if code < 0 else code
@@ -81,7 +86,7 @@ def undo_all(journal: Journal, trace: Trace, mnt_nsfile: str) -> list[str]:
         if journal.undos:
             trace.note("teardown: undo what ran, newest first")
         for undo in reversed(journal.undos):
-            trace.command(shlex.join(undo))
+            trace.command(join(undo))
             try:
                 run_step(undo)
                 journal.forget(undo)

@@ -22,6 +22,39 @@ PHASES: dict[Phase, str] = {
 Argv = tuple[str, ...]
 
 
+def quote(arg: str) -> str:
+    """shlex.quote, made safe for a human reading `plan`, the trace or `export`.
+
+    A multi-line value (a script for `sh -c`) stays one '...' span over its
+    lines, as a learner would write it. But if it also holds a single quote,
+    shlex would close and reopen quotes around it ('"'"'), and a line of the
+    value could look like a command of its own: such a value, and any other
+    character that is not printable, is written in bash's $'...' form on one
+    line. (The recipe refuses every control character but newline and tab.)
+    """
+    if all(c.isprintable() or c in "\n\t" for c in arg) and not ("'" in arg and not arg.isprintable()):
+        return shlex.quote(arg)
+    out = []
+    for c in arg:
+        if c in "\\'":
+            out.append("\\" + c)
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\t":
+            out.append("\\t")
+        elif c.isprintable():
+            out.append(c)
+        elif ord(c) < 0x100:
+            out.append(f"\\x{ord(c):02x}")
+        else:
+            out.append(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}")
+    return "$'" + "".join(out) + "'"
+
+
+def join(argv: Argv) -> str:
+    return " ".join(quote(a) for a in argv)
+
+
 @dataclass(frozen=True)
 class Step:
     """One real command. Never a string for a shell: `argv` is passed as is."""
@@ -36,11 +69,11 @@ class Step:
 
     @property
     def command(self) -> str:
-        return shlex.join(self.argv)
+        return join(self.argv)
 
     @property
     def undo_command(self) -> str | None:
-        return shlex.join(self.undo) if self.undo else None
+        return join(self.undo) if self.undo else None
 
 
 @dataclass(frozen=True)

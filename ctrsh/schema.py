@@ -87,13 +87,15 @@ class Checker:
     visited: int = 0
     _text: bool = False  # converting a "text" field: numbers are kept as written
     _lines: bool = False  # converting a "lines" field: newlines and tabs allowed
+    _merged: set[int] = field(default_factory=set)  # ids of mappings that had a merge key
 
     def error(self, at: Node | Pos, message: str) -> Any:
         line, col = at if isinstance(at, tuple) else pos(at)
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(Problem(self.file, line, col, message))
         elif len(self.problems) == MAX_PROBLEMS:
-            self.problems.append(Problem(self.file, line, col, "too many problems; the rest are not shown"))
+            last = max(self.problems, key=lambda p: (p.line, p.col))  # listed last, after the sort by position
+            self.problems.append(Problem(self.file, last.line, last.col, "too many problems; the rest are not shown"))
         return INVALID
 
     def convert(self, node: Node, hint: Any, path: str) -> Any:
@@ -188,6 +190,7 @@ class Checker:
             key = self._scalar(knode)
             if isinstance(key, _Refused) and key.text == "<<":
                 self.error(knode, f"{path or 'recipe'}: merge keys ('<<') are not supported: write the keys out")
+                self._merged.add(id(node))  # what it would have merged is not also reported missing
                 continue
             if isinstance(key, str) and (bad := yamlload.REFUSED_IN_VALUE_RE.search(key)):
                 self.error(
@@ -244,7 +247,7 @@ class Checker:
             values[key] = value
         required = [f.name for f in fields.values() if _is_required(f)]
         for name in required:
-            if name not in values and name not in misspelt:
+            if name not in values and name not in misspelt and id(node) not in self._merged:
                 self.error(node, f"missing required key {join(path, name)!r}")
         if getattr(cls, "one_of", False) and len(values) != 1 and not any(v is INVALID for v in values.values()):
             options = ", ".join(fields)

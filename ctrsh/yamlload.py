@@ -40,7 +40,8 @@ REFUSED_IN_VALUE_RE = re.compile(rf"[\t\n{REFUSED}]")
 
 def char_name(c: str) -> str:
     """`'\\r' (U+000D CARRIAGE RETURN)`: how a refused character is named in messages."""
-    name = unicodedata.name(c, "") or {"\r": "CARRIAGE RETURN", "\x1b": "ESCAPE", "\n": "LINE FEED"}.get(c, "control")
+    names = {"\0": "NUL", "\r": "CARRIAGE RETURN", "\x1b": "ESCAPE", "\n": "LINE FEED", "\x7f": "DELETE"}
+    name = unicodedata.name(c, "") or names.get(c, "a control character")
     return f"{c!r} (U+{ord(c):04X} {name})"
 
 

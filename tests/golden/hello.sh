@@ -5,6 +5,8 @@
 # fails or is interrupted: each step that changes the host registers its undo.
 # shellcheck disable=SC2016  # '$1' in single quotes is for the inner sh, by design
 set -euo pipefail
+# The tools this runs as root come from a fixed PATH (as sudo's secure_path), never the caller's.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 if [[ $EUID -ne 0 ]]; then
   echo "$0: run this as root, e.g. sudo bash $0" >&2
