@@ -120,8 +120,9 @@ def destroy(
     data_dir: DataDir = None,
 ) -> None:
     """Tear down a container left behind (ctrsh was killed): kill its processes, run its journaled undos."""
-    from . import engine, preflight
+    from . import engine, owner, preflight
     from .facts import Paths, detect
+    from .journal import Journal
     from .recipe import check_name
     from .trace import Trace
 
@@ -129,12 +130,18 @@ def destroy(
         raise UsageError(msg)
     preflight.require_root("destroy")
     paths = Paths(detect(state_dir, data_dir), name)
-    journal = engine.leftover_journal(paths)
-    if not journal.entries:
+    undos, refused = owner.leftovers(paths)  # only what this ctrsh made: marked dirs, known undos
+    if not undos and not refused:
         raise UsageError(f"no container {name!r} here: nothing of it in {paths.state}, {paths.layer} or netns")
-    failed = engine.undo_all(journal, Trace(), paths.nsfile("mnt"))
-    if failed:
-        raise CtrshError("teardown incomplete:\n" + "\n".join(failed))
+    failed = []
+    if undos:
+        # Processes are found through the namespace file in the state dir, and the journal kept
+        # there: only in a marked one ("" = none: nothing is looked up or written).
+        ours = not owner.not_ours(paths.state, paths)
+        journal = Journal(paths.journal if ours else "", [(u, None) for u in undos])
+        failed = engine.undo_all(journal, Trace(), paths.nsfile("mnt") if ours else "")
+    if failed or refused:
+        raise CtrshError("teardown incomplete:\n" + "\n".join(refused + failed))
 
 
 @app.command()

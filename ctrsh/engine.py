@@ -13,7 +13,6 @@ from typing import Any
 
 from . import procs, safepath
 from .errors import StepFailed
-from .facts import Paths
 from .journal import Journal
 from .plan import Argv, Plan, join
 from .signals import Interrupted, Signals, shielded
@@ -93,23 +92,6 @@ def undo_all(journal: Journal, trace: Trace, mnt_nsfile: str) -> list[str]:
             except (StepFailed, OSError) as e:  # OSError: the journal could not be saved; carry on
                 failed.append(str(e))
     return failed
-
-
-def leftover_journal(paths: Paths) -> Journal:
-    """The undos of a container whose ctrsh died: its journal, or, if it died before writing one,
-    the undos of whatever of the container's is still there."""
-    if os.path.exists(paths.journal):
-        return Journal.load(paths.journal)
-    found: list[Argv] = []  # in the order apply creates them; undone in reverse
-    if os.path.isdir(paths.state):
-        found.append(("rm", "-rf", "--one-file-system", paths.state))
-    if os.path.ismount(paths.ns):
-        found.append(("umount", "--recursive", paths.ns))
-    if os.path.exists(f"/run/netns/{paths.netns}"):
-        found.append(("ip", "netns", "delete", paths.netns))
-    if os.path.isdir(paths.layer):
-        found.append(("rm", "-rf", "--one-file-system", paths.layer))
-    return Journal(paths.journal, [(undo, None) for undo in found])
 
 
 def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace) -> int:

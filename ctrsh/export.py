@@ -24,6 +24,7 @@ HEADER = """\
 # Run it as root. Everything it changes on the host is undone when it exits,
 # fails or is interrupted: each step that changes the host registers its undo.
 # shellcheck disable=SC2016  # '$1' in single quotes is for the inner sh, by design
+# shellcheck disable=SC2174  # mkdir -p -m: the mode is meant for the last dir only
 set -euo pipefail
 # The tools this runs as root come from a fixed PATH (as sudo's secure_path), never the caller's.
 export PATH={safe_path}
