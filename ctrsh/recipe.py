@@ -237,6 +237,7 @@ def _loader() -> type[yaml.SafeLoader]:
 
 def parse(text: str, file: str) -> Recipe:
     """Parse and validate recipe text; raise RecipeError listing every problem."""
+    text = text.removeprefix("\ufeff")  # a byte order mark is harmless at the very start
     yamlload.check_text(text, file)
     yamlload.check_events(text, file, _loader())
     loader = _loader()(text)

@@ -365,5 +365,5 @@ def _schema_of(hint: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
     if hint is str:
         refused = yamlload.REFUSED if meta.get("lines") else f"\\t\\n{yamlload.REFUSED}"
         text: Any = ["string", "number"] if meta.get("text") else "string"
-        return {"type": text, "not": {"pattern": f"[{refused}]"}}
+        return {"type": text, "not": {"type": "string", "pattern": f"[{refused}]"}}
     return {"type": {int: "integer", bool: "boolean"}[hint]}
