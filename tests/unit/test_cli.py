@@ -164,3 +164,13 @@ def test_export_refuses_a_directory_and_replaces_a_regular_file(tmp_path: Path) 
     assert old.read_text().startswith("#!/usr/bin/env bash\n") and other.read_text() == "old"
     assert old.stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "hardlink", "old.sh"]  # no temp file left
+
+
+def test_a_data_dir_too_long_for_overlays_options_is_refused() -> None:
+    long = "/" + "d" * 1400
+    r = ctrsh("plan", "recipes/hello.yaml", "--data-dir", long)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (
+        "ctrsh: data dir (--data-dir or $CTRSH_DATA_DIR) is 1401 bytes long; at most 1024: overlayfs' mount "
+        "options hold it three times and the kernel limits them to one page (4096 bytes)\n"
+    )
