@@ -123,6 +123,7 @@ def known_undo(undo: Argv, paths: Paths) -> bool:
 def _read_journal(path: str) -> tuple[list[Argv] | None, str | None]:
     """The journal's undos, or why it is not trusted."""
     import json  # only destroy reads journals: ~2 ms of import that apply and plan never need
+
     if why := trusted_dir(os.path.dirname(path)):
         return None, f"not trusting {path}: {why}"
     try:

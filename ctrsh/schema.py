@@ -134,18 +134,22 @@ class Checker:
             return _Refused(node.value)
 
     def _plain(self, node: Node, hint: type, path: str) -> Any:
-        value = self._scalar(node)
+        if hint is str and isinstance(node, ScalarNode) and node.tag in (f"{TAG}int", f"{TAG}float"):
+            if not self._text:  # not constructed: a 5000-digit int is no error of Python's to raise
+                return self.error(
+                    node,
+                    f"{path}: expected a string, got a number ({node.value}); "
+                    f"quote it to mean the text: '{node.value}'",
+                )
+            value: object = node.value  # `[sleep, 10]`: keep the text as written, not a number's repr
+        else:
+            value = self._scalar(node)
         if isinstance(value, _Refused):
             if value.text == "<<":
                 return self.error(node, f"{path or 'recipe'}: merge keys ('<<') are not supported: write the keys out")
             return self.error(node, f"{path}: cannot read the value {value.text!r}")
-        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if hint is str and isinstance(node, ScalarNode) and numeric and self._text:
-            value = node.value  # `[sleep, 10]`: keep the text as written, not a number's repr
         if type(value) is not hint:
             quote = f"; quote it to mean the text: '{node.value}'" if hint is str and isinstance(value, bool) else ""
-            if hint is str and numeric:
-                quote = f"; quote it to mean the text: '{node.value}'"
             return self.error(node, f"{path}: expected {_KIND[hint]}, got {describe(node, value)}{quote}")
         if isinstance(value, str) and "\0" in value:
             return self.error(node, f"{path}: contains a NUL byte, which no command argument can hold")
