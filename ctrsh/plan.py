@@ -26,13 +26,12 @@ def quote(arg: str) -> str:
     """shlex.quote, made safe for a human reading `plan`, the trace or `export`.
 
     A multi-line value (a script for `sh -c`) stays one '...' span over its
-    lines, as a learner would write it. But if it also holds a single quote,
-    shlex would close and reopen quotes around it ('"'"'), and a line of the
-    value could look like a command of its own: such a value, and any other
-    character that is not printable, is written in bash's $'...' form on one
-    line. (The recipe refuses every control character but newline and tab.)
+    lines, as a learner would write it. Any other character that is not
+    printable (a carriage return, ESC, a bidi override: the recipe refuses
+    them, this is the last line of defence) is written in bash's $'...' form,
+    escaped, so it can neither move the cursor nor hide text.
     """
-    if all(c.isprintable() or c in "\n\t" for c in arg) and not ("'" in arg and not arg.isprintable()):
+    if all(c.isprintable() or c in "\n\t" for c in arg):
         return shlex.quote(arg)
     out = []
     for c in arg:

@@ -164,7 +164,7 @@ echo "== hostname: $(hostname)"
 echo "== mounts"; cat /proc/self/mounts
 echo "== /dev"; ls -l /dev
 echo "== network"; ip -o link
-echo "== namespaces"; ls -l /proc/self/ns | sed "s/.* -> //"
+echo "== namespaces"; ls -l /proc/self/ns | sed '"'"'s/.* -> //'"'"'
 '
 if ((stop)); then exit "$stop"; fi
 

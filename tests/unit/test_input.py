@@ -108,18 +108,21 @@ def test_text_that_is_fine() -> None:
     assert parse("\ufeff" + R + "process: {args: [a]}\n", "r.yaml").name == "x"  # a BOM
 
 
-def test_no_value_can_pose_as_a_line_in_plan_or_export() -> None:
-    # The recipe refuses \r and ESC; a newline (allowed in args) next to a quote must not
-    # print a line that looks like a command of its own.
-    r = parse(R + 'process: {args: [/bin/echo, "x\'\\nreboot\\n\'", "a\\tb"]}\n', "r.yaml")
-    plan = compile_plan(r, Facts())
+def test_no_value_can_hide_text_in_plan_or_export() -> None:
+    # The recipe refuses \r and ESC; should one reach a Step anyway, it is printed escaped.
+    from ctrsh.plan import Plan, Step
+
+    sneaky = ("/bin/echo", "safe\rrm -rf / #", "\x1b[2K\x1b[1Ahidden", "\u202eexe.txt")
+    plan = Plan("x", "r.yaml", (Step("process", sneaky, "why"),))
     for text in (render_plan(plan), export_script(plan)):
-        assert not any(line.strip().startswith("reboot") for line in text.splitlines())
-        assert "$'x\\'\\nreboot\\n\\'' 'a\tb'" in text  # a tab alone, inside plain quotes, hides nothing
-    # and bash reads it back as the same argument
-    out = subprocess.run(["bash", "-c", "printf '%s|' " + plan.steps[-1].command.split(" env -i ")[1]],
-                         capture_output=True, text=True).stdout  # fmt: skip
-    assert out.endswith("/bin/echo|x'\nreboot\n'|a\tb|")
+        assert not any(c in text for c in "\r\x1b\u202e")
+        assert "/bin/echo $'safe\\x0drm -rf / #' $'\\x1b[2K\\x1b[1Ahidden' $'\\u202eexe.txt'" in text
+    out = subprocess.run(["bash", "-c", "printf '%s|' " + plan.steps[0].command], capture_output=True).stdout
+    assert out.decode() == "|".join(sneaky) + "|"  # and bash reads it back as the same arguments
+    # A multi-line script stays readable, and still parses back to the one argument it is.
+    r = parse(R + "process: {args: [/bin/sh, -c, \"echo 'a'\\necho b\"]}\n", "r.yaml")
+    start = compile_plan(r, Facts()).steps[-1].command
+    assert start.endswith("/bin/sh -c 'echo '\"'\"'a'\"'\"'\necho b'")
 
 
 @pytest.mark.parametrize("path", ["/dev/zero", "/dev/urandom"])
