@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -169,7 +170,21 @@ def _root(
     pass
 
 
+def _std_fds() -> None:
+    """A closed stdin, stdout or stderr becomes /dev/null, as in Docker: else the next file ctrsh (or
+    `sh`) opens would take its number and leak into the container as its stdout."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def main() -> NoReturn:
+    _std_fds()
     try:
         app()
     except CtrshError as e:

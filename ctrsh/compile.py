@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from .errors import Problem, RecipeError
 from .facts import Facts, Paths
-from .phases import Context, filesystem, namespaces, network, process, rootfs
+from .phases import Context, filesystem, namespaces, network, process, rootfs, security
 from .plan import Plan
 from .recipe import ALL_NAMESPACES, Recipe
 
-PHASE_MODULES = (rootfs, namespaces, filesystem, network, process)
+PHASE_MODULES = (rootfs, namespaces, filesystem, network, security, process)
 
 
 def resolve(recipe: Recipe, facts: Facts) -> Context:
@@ -35,7 +35,8 @@ def resolve(recipe: Recipe, facts: Facts) -> Context:
 def compile_plan(recipe: Recipe, facts: Facts) -> Plan:
     ctx = resolve(recipe, facts)
     steps = tuple(step for module in PHASE_MODULES for step in module.steps(ctx))
-    return Plan(name=recipe.name, source=printable(recipe.file), steps=steps)
+    notes = tuple(note for module in PHASE_MODULES if hasattr(module, "notes") for note in module.notes(ctx))
+    return Plan(name=recipe.name, source=printable(recipe.file), steps=steps, notes=notes)
 
 
 def printable(text: str) -> str:

@@ -60,6 +60,7 @@ trap 'stop=129' HUP
 
 def export_script(plan: Plan) -> str:
     out = [HEADER.format(name=plan.name, version=__version__, source=plan.source, safe_path=SAFE_PATH)]
+    out += [f"# Note: {note}\n" for note in plan.notes]
     for phase, steps in plan.by_phase():
         out.append(f"\n# == {phase}: {PHASES[phase]} ==\n")
         for (creates, keep), grouped in groupby(steps, key=lambda s: (s.creates, s.keep)):

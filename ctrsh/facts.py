@@ -6,6 +6,7 @@ Keeping this apart is what lets `compile` stay pure and plans be golden-tested.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 
@@ -21,6 +22,13 @@ class Facts:
     data_dir: str = DEFAULT_DATA  # lasting data: built images; containers' writable layers while they run
     busybox: str = "/bin/busybox"  # the host's static busybox, copied into the busybox image
     cgroup_ns: bool = True  # the kernel has cgroup namespaces
+    # The trusted host tools PID 1 runs after pivot_root, from copies on a private tmpfs: setpriv,
+    # the shared libraries it loads and their loader (from `ldd`, they differ per host and arch).
+    setpriv: str = "/usr/bin/setpriv"
+    loader: str = "/lib64/ld-linux-x86-64.so.2"
+    setpriv_libs: tuple[str, ...] = ("/lib/x86_64-linux-gnu/libcap-ng.so.0", "/lib/x86_64-linux-gnu/libc.so.6")
+    term: str = "xterm"  # $TERM of the caller, passed to containers that get a terminal
+    device_cgroup: bool = True  # cgroup v1's devices controller can enforce a device allowlist
 
 
 @dataclass(frozen=True)
@@ -108,11 +116,39 @@ def check_dir(path: str, what: str) -> str:
 MAX_DIR = 1024
 
 
+def setpriv_deps(setpriv: str) -> tuple[str, tuple[str, ...]] | None:
+    """The loader and libraries of the host's setpriv, as `ldd` lists them; None if it cannot tell."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["ldd", setpriv], capture_output=True, text=True, timeout=10, env={"PATH": SAFE_PATH})
+    except (OSError, subprocess.SubprocessError):
+        return None
+    loader, libs = "", []
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] == "=>" and parts[2].startswith("/"):
+            libs.append(parts[2])
+        elif parts and parts[0].startswith("/"):
+            loader = parts[0]
+    return (loader, tuple(libs)) if loader and out.returncode == 0 else None
+
+
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 def detect(state_dir: str | None = None, data_dir: str | None = None) -> Facts:
     """Read the facts off this machine. Cheap: a few stat calls, no commands."""
     state = state_dir or os.environ.get(STATE_ENV) or DEFAULT_STATE
     data = data_dir or os.environ.get(DATA_ENV) or DEFAULT_DATA
+    setpriv = shutil.which("setpriv", path=SAFE_PATH) or "/usr/bin/setpriv"
+    deps = setpriv_deps(setpriv) or (Facts.loader, Facts.setpriv_libs)
     return Facts(
+        setpriv=setpriv,
+        loader=deps[0],
+        setpriv_libs=deps[1],
+        term=term if re.fullmatch(r"[A-Za-z0-9._+-]{1,64}", term := os.environ.get("TERM", "")) else "xterm",
+        device_cgroup=os.path.isfile("/sys/fs/cgroup/devices/devices.allow"),
         state_dir=check_dir(state, f"state dir (--state-dir or ${STATE_ENV})"),
         data_dir=check_dir(data, f"data dir (--data-dir or ${DATA_ENV})"),
         busybox=shutil.which("busybox", path="/usr/bin:/bin:/usr/sbin:/sbin") or "/bin/busybox",

@@ -80,6 +80,7 @@ class Plan:
     name: str
     source: str  # the recipe file, for headers
     steps: tuple[Step, ...]
+    notes: tuple[str, ...] = ()  # what the plan does not do and why (no fake steps for it), shown as comments
 
     def by_phase(self) -> list[tuple[Phase, list[Step]]]:
         """Steps grouped by phase, in phase order, skipping empty phases."""

@@ -21,9 +21,12 @@ PACKAGES = {
     "umount": "mount",
     "pivot_root": "util-linux",
     "mknod": "coreutils",
+    "setsid": "util-linux",
+    "setpriv": "util-linux",
+    "script": "bsdutils",
 }
 # Run inside the process phase's script, so not visible as any step's argv[0].
-INNER_TOOLS = ("mount", "pivot_root", "mkdir")
+INNER_TOOLS = ("mount", "pivot_root", "env", "setsid", "setpriv")
 
 
 def require_root(what: str) -> None:

@@ -7,6 +7,7 @@ sections (network, resources, mounts, security) slot in beside these.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -157,6 +158,13 @@ class Process:
         default="/",
         metadata={"doc": "Working directory inside the container.", "check": check_cwd, "json": {"pattern": "^/"}},
     )
+    terminal: bool = field(
+        default=False,
+        metadata={
+            "doc": "Give the container a new pty of its own (like `docker run -it`), for interactive programs. "
+            "Without it the container has no controlling terminal and stdin is /dev/null unless piped."
+        },
+    )
 
     @staticmethod
     def rules(p: Process) -> Issues:
@@ -170,6 +178,148 @@ class Process:
                 )
             ]
         return []
+
+
+# Docker's default capability set (moby/oci/caps/defaults.go), lowercase as setpriv spells them.
+DOCKER_CAPS = (
+    "chown", "dac_override", "fsetid", "fowner", "mknod", "net_raw", "setgid", "setuid",
+    "setfcap", "setpcap", "net_bind_service", "sys_chroot", "kill", "audit_write",
+)  # fmt: skip
+# Every capability the kernel had when this was written (capability.h, up to CAP_CHECKPOINT_RESTORE).
+ALL_CAPS = (
+    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
+    "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw", "ipc_lock", "ipc_owner",
+    "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice",
+    "sys_resource", "sys_time", "sys_tty_config", "mknod", "lease", "audit_write", "audit_control", "setfcap",
+    "mac_override", "mac_admin", "syslog", "wake_alarm", "block_suspend", "audit_read", "perfmon", "bpf",
+    "checkpoint_restore",
+)  # fmt: skip
+# Read-only and masked kernel interfaces, as Docker (v29) and runc set them by default.
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/sched_debug", "/proc/scsi", "/proc/timer_list", "/proc/timer_stats",
+    "/sys/devices/virtual/powercap", "/sys/firmware",
+)  # fmt: skip
+# rlimit name -> the flag of the shell's `ulimit` builtin (dash's set, which PID 1's shell is).
+RLIMITS = {
+    "core": "-c", "data": "-d", "fsize": "-f", "memlock": "-l", "nofile": "-n", "rss": "-m", "stack": "-s",
+    "cpu": "-t", "nproc": "-p", "as": "-v", "locks": "-w", "rtprio": "-r", "nice": "-e",
+}  # fmt: skip
+LIMIT_RE = re.compile(r"(unlimited|[0-9]{1,19})(:(unlimited|[0-9]{1,19}))?")
+KERNEL_PATH_RE = re.compile(r"/(proc|sys)(/[A-Za-z0-9_.:@+-]+)+")
+ID_RE = re.compile(r"[0-9]{1,10}(:[0-9]{1,10})?")
+
+
+# For the JSON Schema: the spellings cap_name() accepts (any case in the loader; these four here).
+_CAP_SPELLINGS = [s for c in ALL_CAPS for s in (c, c.upper(), f"cap_{c}", f"CAP_{c.upper()}")]
+_KERNEL_PATHS_JSON = {
+    "items": {"type": "string", "pattern": f"^{KERNEL_PATH_RE.pattern}$", "not": {"pattern": "/\\.\\.?(/|$)"}}
+}
+
+
+def cap_name(value: str) -> str:
+    name = value.lower()
+    return name[4:] if name.startswith("cap_") else name
+
+
+def check_caps(value: list[str] | str) -> str | None:
+    if isinstance(value, str):
+        return None if value in ("all", "none") else f"{value!r}: use a list of capabilities, 'all' or 'none'"
+    bad = [c for c in value if cap_name(c) not in ALL_CAPS]
+    if bad:
+        hint = difflib.get_close_matches(cap_name(bad[0]), ALL_CAPS, n=1)
+        extra = f"; did you mean {hint[0]!r}?" if hint else ""
+        return f"{bad[0]!r} is not a capability{extra} (e.g. chown, net_bind_service, sys_admin)"
+    return None
+
+
+def check_rlimits(value: dict[str, str]) -> str | None:
+    for name, limit in value.items():
+        if name not in RLIMITS:
+            return f"{name!r} is not a resource limit (one of: {', '.join(RLIMITS)})"
+        if not LIMIT_RE.fullmatch(limit):
+            return f"{name}: {limit!r} is not a limit: use N (soft and hard), SOFT:HARD, or 'unlimited'"
+        soft, _, hard = limit.partition(":")
+        if hard and hard != "unlimited" and (soft == "unlimited" or int(soft) > int(hard)):
+            return f"{name}: the soft limit {soft} is above the hard limit {hard}"
+    return None
+
+
+def check_kernel_paths(value: list[str]) -> str | None:
+    bad = [p for p in value if not KERNEL_PATH_RE.fullmatch(p) or "/../" in f"{p}/" or "/./" in f"{p}/"]
+    if bad:
+        return f"{bad[0]!r}: only plain paths under /proc or /sys can be masked or made read-only"
+    return None
+
+
+def check_user(value: str) -> str | None:
+    if not ID_RE.fullmatch(value) or any(int(x) > 4294967294 for x in value.split(":")):
+        return (
+            f"{value!r} is not UID[:GID]: use numbers (names would be looked up in the image's /etc/passwd "
+            "by a process that still has every capability)"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class Security:
+    """Privileges of the container's processes. Defaults are Docker's."""
+
+    capabilities: list[str] | str = field(
+        default_factory=lambda: list(DOCKER_CAPS),
+        metadata={
+            "doc": "Capabilities PID 1 keeps (bounding, permitted, effective): a list, 'all' or 'none'. "
+            "Default: Docker's 14.",
+            "check": check_caps,
+            "json": {"anyOf": [{"enum": ["all", "none"]}, {"type": "array", "items": {"enum": _CAP_SPELLINGS}}]},
+        },
+    )
+    no_new_privileges: bool = field(
+        default=True, metadata={"doc": "Set no_new_privs: setuid binaries and file capabilities grant nothing."}
+    )
+    rlimits: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"doc": "Resource limits, e.g. {nofile: '1024:4096'}. Default: nofile 1024:1024.",
+                  "check": check_rlimits, "text": True,  # `nofile: 4096`
+                  "json": {"propertyNames": {"enum": list(RLIMITS)},
+                           "additionalProperties": {"anyOf": [
+                               {"type": "string", "pattern": f"^{LIMIT_RE.pattern}$"},
+                               {"type": "integer", "minimum": 0}]}}},
+    )  # fmt: skip
+    user: str | None = field(
+        default=None,
+        metadata={
+            "doc": "Run as UID[:GID] (numeric). Default: root (0:0).",
+            "check": check_user,
+            "text": True,  # `user: 1000`
+            "json": {
+                "anyOf": [
+                    {"type": "string", "pattern": f"^{ID_RE.pattern}$"},
+                    {"type": "integer", "minimum": 0, "maximum": 4294967294},
+                    {"type": "null"},
+                ]
+            },
+        },
+    )
+    readonly_paths: list[str] = field(
+        default_factory=lambda: list(READONLY_PATHS),
+        metadata={"doc": "Paths under /proc or /sys made read-only. Default: Docker's.",
+                  "check": check_kernel_paths, "json": _KERNEL_PATHS_JSON},
+    )  # fmt: skip
+    masked_paths: list[str] = field(
+        default_factory=lambda: list(MASKED_PATHS),
+        metadata={"doc": "Paths under /proc or /sys hidden (empty tmpfs or /dev/null over them). Default: Docker's.",
+                  "check": check_kernel_paths, "json": _KERNEL_PATHS_JSON},
+    )  # fmt: skip
+
+    def caps(self) -> tuple[str, ...]:
+        """The capability names kept, normalised."""
+        if self.capabilities == "all":
+            return ALL_CAPS
+        if self.capabilities == "none":
+            return ()
+        return tuple(dict.fromkeys(cap_name(c) for c in self.capabilities))
 
 
 @dataclass(frozen=True)
@@ -201,6 +351,9 @@ class Recipe:
             "partial": True,
             "json": {"uniqueItems": True, "contains": {"const": "mount"}},
         },
+    )
+    security: Security = field(
+        default_factory=Security, metadata={"doc": "Capabilities, no_new_privs, rlimits, user, kernel paths."}
     )
     # Bookkeeping, not recipe keys: where each value was written (dotted path ->
     # line, col), so problems found after loading (in compile) still point at the text.

@@ -15,6 +15,7 @@ def render_plan(plan: Plan) -> str:
     lines = [
         f'# ctrsh plan: container "{plan.name}" from {plan.source}: {len(plan.steps)} steps. Nothing has been run.',
         "# `ctrsh apply` runs these in order; if one fails, the undos of those before it run in reverse.",
+        *(f"# Note: {note}" for note in plan.notes),
     ]
     for phase, steps in plan.by_phase():
         lines += ["", f"# == {phase}: {PHASES[phase]} =="]

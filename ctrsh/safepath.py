@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 
-SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+from .facts import SAFE_PATH as SAFE_PATH  # the one list, also used by the process phase
 
 
 def resolve(program: str) -> str | None:

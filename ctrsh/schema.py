@@ -108,8 +108,14 @@ class Checker:
         origin = typing.get_origin(hint)
         if origin in (Union, types.UnionType):
             inner = [a for a in typing.get_args(hint) if a is not type(None)]
-            if self._scalar(node) is None and not dataclasses.is_dataclass(inner[0]):
+            optional = type(None) in typing.get_args(hint)  # `list[str] | str` does not take null
+            if optional and self._scalar(node) is None and not dataclasses.is_dataclass(inner[0]):
                 return None
+            if len(inner) > 1:  # `list[str] | str`: the YAML node's kind picks the alternative
+                lists = [a for a in inner if typing.get_origin(a) is list]
+                others = [a for a in inner if typing.get_origin(a) is not list]
+                pick = lists[0] if isinstance(node, SequenceNode) and lists else others[0]
+                return self.convert(node, pick, path)
             return self.convert(node, inner[0], path)
         if dataclasses.is_dataclass(hint):
             return self._dataclass(node, typing.cast(type, hint), path)
@@ -347,9 +353,11 @@ def json_schema(cls: type) -> dict[str, Any]:
 def _schema_of(hint: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        inner = next(a for a in typing.get_args(hint) if a is not type(None))
-        out = _schema_of(inner, meta)
-        if not dataclasses.is_dataclass(inner):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(inner) > 1:
+            return {"anyOf": [_schema_of(a, meta) for a in inner]}
+        out = _schema_of(inner[0], meta)
+        if type(None) in typing.get_args(hint) and not dataclasses.is_dataclass(inner[0]):
             kinds = out.get("type")
             if isinstance(kinds, str):
                 out["type"] = [kinds, "null"]

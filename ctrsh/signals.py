@@ -17,9 +17,10 @@ reason SIGPIPE and SIGXFSZ, which Python ignores, get no-op handlers here.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from types import FrameType
 
@@ -48,10 +49,18 @@ class Signals:
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         if self.container_running and signum == signal.SIGINT:
+            # The container runs in a session of its own, out of reach of the caller's terminal, so
+            # ctrsh passes Ctrl-C on to it (as `docker run` does) — unless PID 1 has no handler for it:
+            # the kernel drops such signals to a namespace's init, so then ctrsh stops the container.
             pids = procs.container_pids(self.mnt_nsfile)
-            if any(procs.is_init(p) and not procs.catches(p, signum) for p in pids):
+            inits = [p for p in pids if procs.is_init(p)]
+            if any(not procs.catches(p, signum) for p in inits):
                 self.stopped_by_ctrl_c = True
                 procs.kill_all(self.mnt_nsfile, self.trace, "Ctrl-C: the container's PID 1 ignores it, so stop it")
+            else:
+                for pid in inits or pids:
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signum)
             return
         self.pending = self.pending or signum
         if self.container_running:

@@ -11,6 +11,25 @@ from .. import owner
 from ..plan import Argv, Step
 from ..recipe import Namespace
 from . import Context
+from .security import TOOLS
+
+# Where ctrsh itself mounts in every container: /proc, /dev, /sys, the tools and the old root.
+FIXED_DIRS = ("/proc", "/dev", "/sys", TOOLS, "/.oldroot", "/etc")
+FIXED_FILES = ("/etc/ld.so.preload",)
+
+
+def mountpoints(c: Context) -> tuple[list[str], list[str]]:
+    """(directories, files) inside the rootfs that ctrsh mounts onto, each directory's parents
+    listed before it, so that `mkdir` without -p makes them all with the mode it is given."""
+    dirs: list[str] = []
+    files = list(FIXED_FILES)
+    for path in (*FIXED_DIRS, *(f.rsplit("/", 1)[0] for f in files)):
+        parts = path.strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            d = "/" + "/".join(parts[:i])
+            if d not in dirs:
+                dirs.append(d)
+    return dirs, files
 
 
 def steps(c: Context) -> list[Step]:
@@ -21,6 +40,12 @@ def steps(c: Context) -> list[Step]:
         return Step("filesystem", (*c.nsenter("mount", *also), *argv), why)
 
     containers = f"{c.facts.data_dir}/containers"
+    dirs, files = mountpoints(c)
+    nodev = "" if c.facts.device_cgroup else ",nodev"
+    if "net" in c.namespaces:
+        sys_why = "/sys read-only, mounted from the container's network namespace so it lists only its interfaces."
+    else:
+        sys_why = "/sys read-only. With no network namespace of its own it lists the host's interfaces."
     return [
         Step(
             "filesystem",
@@ -41,10 +66,23 @@ def steps(c: Context) -> list[Step]:
             ("mkdir", "-m", "0755", p.upper),
             "Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.",
         ),
+        Step(
+            "filesystem",
+            ("mkdir", "-m", "0755", *(f"{p.upper}{d}" for d in dirs)),
+            "Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper "
+            "layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.",
+        ),
+        Step(
+            "filesystem",
+            ("install", "-m", "0644", "/dev/null", *(f"{p.upper}{f}" for f in files)),
+            "Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, "
+            "and its loader must not load a library the image names there.",
+        ),
         inside(
             ("mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={p.image('busybox')},upperdir={p.upper},workdir={p.work}", root),
-            "Root filesystem: the shared image read-only below, this container's own writes above (upper).",
+             f"lowerdir={p.image('busybox')},upperdir={p.upper},workdir={p.work}{nodev}", root),
+            "Root filesystem: the shared image read-only below, this container's own writes above (upper)."
+            + ("" if not nodev else " nodev: without a device cgroup, no device node on it may be opened."),
         ),
         inside(
             ("mount", "-t", "tmpfs", "-o", "nosuid,strictatime,mode=0755,size=65536k", "tmpfs", f"{root}/dev"),
@@ -52,7 +90,7 @@ def steps(c: Context) -> list[Step]:
         ),
         inside(
             ("cp", "-a", f"{p.dev_template}/.", f"{root}/dev/"),
-            "Fill /dev from the template: six devices, the fd links, the pts and shm mount points.",
+            "Fill /dev from the template: six devices, the fd links, the pts, shm and mqueue mount points.",
         ),
         inside(
             ("mount", "-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec", "devpts",
@@ -64,8 +102,9 @@ def steps(c: Context) -> list[Step]:
             "/dev/shm for POSIX shared memory, private to the container, 64 MiB as in Docker.",
         ),
         inside(
-            ("mount", "-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", f"{root}/sys"),
-            "/sys read-only, mounted from the container's network namespace so it lists only its interfaces.",
-            "net",
+            ("mount", "-t", "mqueue", "-o", "nosuid,nodev,noexec", "mqueue", f"{root}/dev/mqueue"),
+            "/dev/mqueue for POSIX message queues, those of the container's IPC namespace.",
+            "ipc",
         ),
+        inside(("mount", "-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", f"{root}/sys"), sys_why, "net"),
     ]  # fmt: skip

@@ -17,6 +17,7 @@ DEV_LINKS = (
     ("/proc/self/fd/1", "stdout"),
     ("/proc/self/fd/2", "stderr"),
     ("pts/ptmx", "ptmx"),
+    ("/proc/kcore", "core"),
 )
 
 # For each applet path busybox lists (bin/ls, usr/bin/env), a link relative to
@@ -83,8 +84,8 @@ def dev_template(c: Context) -> list[Step]:
     out = [
         build(("rm", "-rf", "--one-file-system", tmp), "Clear what an earlier, interrupted build may have left."),
         build(
-            ("mkdir", "-p", f"{tmp}/pts", f"{tmp}/shm"),
-            "A template for /dev, with mount points for ptys and shared memory (skipped once it exists).",
+            ("mkdir", "-p", f"{tmp}/pts", f"{tmp}/shm", f"{tmp}/mqueue"),
+            "A template for /dev, with mount points for ptys, shared memory and message queues.",
             undo=("rm", "-rf", "--one-file-system", tmp),
         ),
     ]

@@ -35,6 +35,7 @@ trap cleanup EXIT
 trap 'stop=130' INT
 trap 'stop=143' TERM
 trap 'stop=129' HUP
+# Note: seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.
 
 # == rootfs: provide the root filesystem ==
 if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
@@ -66,8 +67,8 @@ if [[ ! -e /var/lib/ctrsh/dev && ! -L /var/lib/ctrsh/dev ]]; then  # only if mis
   n=${#undos[@]}
   # Clear what an earlier, interrupted build may have left.
   rm -rf --one-file-system /var/lib/ctrsh/dev.tmp
-  # A template for /dev, with mount points for ptys and shared memory (skipped once it exists).
-  mkdir -p /var/lib/ctrsh/dev.tmp/pts /var/lib/ctrsh/dev.tmp/shm
+  # A template for /dev, with mount points for ptys, shared memory and message queues.
+  mkdir -p /var/lib/ctrsh/dev.tmp/pts /var/lib/ctrsh/dev.tmp/shm /var/lib/ctrsh/dev.tmp/mqueue
   undo 'rm -rf --one-file-system /var/lib/ctrsh/dev.tmp'
   # /dev/null: character device 1:3, one of the six devices every container gets.
   mknod -m 666 /var/lib/ctrsh/dev.tmp/null c 1 3
@@ -91,6 +92,8 @@ if [[ ! -e /var/lib/ctrsh/dev && ! -L /var/lib/ctrsh/dev ]]; then  # only if mis
   ln -s /proc/self/fd/2 /var/lib/ctrsh/dev.tmp/stderr
   # /dev/ptmx -> pts/ptmx, as on any Linux.
   ln -s pts/ptmx /var/lib/ctrsh/dev.tmp/ptmx
+  # /dev/core -> /proc/kcore, as on any Linux.
+  ln -s /proc/kcore /var/lib/ctrsh/dev.tmp/core
   # Publish the /dev template in one rename.
   mv -T /var/lib/ctrsh/dev.tmp /var/lib/ctrsh/dev
   undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
@@ -130,16 +133,22 @@ undo 'rm -rf --one-file-system /var/lib/ctrsh/containers/hello'
 sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /var/lib/ctrsh/containers/hello/.ctrsh-owner 'ctrsh container hello state-dir /run/ctrsh data-dir /var/lib/ctrsh'
 # Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.
 mkdir -m 0755 /var/lib/ctrsh/containers/hello/upper
+# Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
+mkdir -m 0755 /var/lib/ctrsh/containers/hello/upper/proc /var/lib/ctrsh/containers/hello/upper/dev /var/lib/ctrsh/containers/hello/upper/sys /var/lib/ctrsh/containers/hello/upper/.ctrsh /var/lib/ctrsh/containers/hello/upper/.oldroot /var/lib/ctrsh/containers/hello/upper/etc
+# Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/hello/upper/etc/ld.so.preload
 # Root filesystem: the shared image read-only below, this container's own writes above (upper).
 nsenter --mount=/run/ctrsh/hello/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/busybox,upperdir=/var/lib/ctrsh/containers/hello/upper,workdir=/var/lib/ctrsh/containers/hello/work /run/ctrsh/hello/rootfs
 # A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
 nsenter --mount=/run/ctrsh/hello/ns/mnt -- mount -t tmpfs -o nosuid,strictatime,mode=0755,size=65536k tmpfs /run/ctrsh/hello/rootfs/dev
-# Fill /dev from the template: six devices, the fd links, the pts and shm mount points.
+# Fill /dev from the template: six devices, the fd links, the pts, shm and mqueue mount points.
 nsenter --mount=/run/ctrsh/hello/ns/mnt -- cp -a /var/lib/ctrsh/dev/. /run/ctrsh/hello/rootfs/dev/
 # The container's own pty instance (newinstance): it cannot see the host's terminals.
 nsenter --mount=/run/ctrsh/hello/ns/mnt -- mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts /run/ctrsh/hello/rootfs/dev/pts
 # /dev/shm for POSIX shared memory, private to the container, 64 MiB as in Docker.
 nsenter --mount=/run/ctrsh/hello/ns/mnt -- mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=65536k shm /run/ctrsh/hello/rootfs/dev/shm
+# /dev/mqueue for POSIX message queues, those of the container's IPC namespace.
+nsenter --mount=/run/ctrsh/hello/ns/mnt --ipc=/run/ctrsh/hello/ns/ipc -- mount -t mqueue -o nosuid,nodev,noexec mqueue /run/ctrsh/hello/rootfs/dev/mqueue
 # /sys read-only, mounted from the container's network namespace so it lists only its interfaces.
 nsenter --mount=/run/ctrsh/hello/ns/mnt --net=/run/netns/ctrsh-hello -- mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /run/ctrsh/hello/rootfs/sys
 
@@ -147,19 +156,73 @@ nsenter --mount=/run/ctrsh/hello/ns/mnt --net=/run/netns/ctrsh-hello -- mount -t
 # Bring up loopback: a new network namespace starts with lo down.
 ip -n ctrsh-hello link set lo up
 
+# == security: drop privileges ==
+# A private tmpfs for trusted copies of host tools: after pivot_root the image's own binaries are all there is, and none may run before privileges are dropped.
+nsenter --mount=/run/ctrsh/hello/ns/mnt -- mount -t tmpfs -o mode=0700,size=16m,nosuid,nodev ctrsh-tools /run/ctrsh/hello/rootfs/.ctrsh
+# Copy in the host's static busybox (umount, rmdir, env for PID 1) and setpriv with its libraries and loader (setpriv drops capabilities; busybox's own setpriv cannot drop the bounding set).
+nsenter --mount=/run/ctrsh/hello/ns/mnt -- cp /bin/busybox /usr/bin/setpriv /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libcap-ng.so.0 /lib/x86_64-linux-gnu/libc.so.6 /run/ctrsh/hello/rootfs/.ctrsh/
+
 # == process: start the container's PID 1 ==
 if ((stop)); then exit "$stop"; fi
-# Enter the namespaces, fork PID 1 of a new PID namespace, mount its /proc, pivot_root into the rootfs, drop the old root, and exec the command with a clean environment.
-nsenter --mount=/run/ctrsh/hello/ns/mnt --uts=/run/ctrsh/hello/ns/uts --ipc=/run/ctrsh/hello/ns/ipc --net=/run/netns/ctrsh-hello -- unshare --pid --cgroup --fork --kill-child -- sh -euc 'mount -t proc -o nosuid,nodev,noexec proc "$1/proc"
-cd "$1"
-mkdir -p .oldroot
+# Enter the namespaces and fork PID 1 of a new PID namespace in a session of its own. As the host's sh it mounts /proc, masks kernel paths, pivot_roots, detaches the old root with trusted tools, then setpriv drops capabilities and busybox closes leaked fds before the command runs.
+nsenter --mount=/run/ctrsh/hello/ns/mnt --uts=/run/ctrsh/hello/ns/uts --ipc=/run/ctrsh/hello/ns/ipc --net=/run/netns/ctrsh-hello -- unshare --pid --cgroup --fork --kill-child -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin setsid sh -euc 'set -f  # paths and PATH are split, never glob-expanded
+root=$1 cwd=$2 search=$3 nvars=$4
+shift 4
+# A closed stdin, stdout or stderr becomes /dev/null, as in Docker.
+for fd in 0 1 2; do if [ ! -e /proc/self/fd/$fd ]; then eval "exec $fd<>\"\$root/dev/null\""; fi; done
+# No terminal: stdin is /dev/null unless it was a pipe or a file.
+if [ -t 0 ]; then exec <"$root/dev/null"; fi
+# Mounted from inside the new PID namespace, so it shows the container'"'"'s processes only.
+mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
+# Kernel interfaces: masked ones show nothing (an empty read-only tmpfs, or /dev/null over a file); read-only ones cannot be written.
+for p in /proc/acpi /proc/asound /proc/interrupts /proc/kcore /proc/keys /proc/latency_stats /proc/sched_debug /proc/scsi /proc/timer_list /proc/timer_stats /sys/devices/virtual/powercap /sys/firmware; do
+  if [ -d "$root$p" ]; then mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k ctrsh-masked "$root$p"
+  elif [ -e "$root$p" ]; then mount --bind "$root/dev/null" "$root$p"; fi
+done
+for p in /proc/bus /proc/fs /proc/irq /proc/sys /proc/sysrq-trigger; do
+  if [ -e "$root$p" ]; then
+    mount --bind "$root$p" "$root$p" && mount -o remount,bind,ro,nosuid,nodev,noexec "$root$p"
+  fi
+done
+# Resource limits, inherited by everything the container starts.
+ulimit -n 1024
+# Swap roots; the old one is detached with the trusted umount, not the image'"'"'s.
+cd "$root"
 pivot_root . .oldroot
-umount -l /.oldroot
-rmdir /.oldroot
-cd "$2"
-shift 2
-exec "$@"
-' ctrsh-start /run/ctrsh/hello/rootfs / env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root HOSTNAME=hello /bin/sh -c 'echo "hello from $(hostname), pid $$"; ps'
+/.ctrsh/busybox umount -l /.oldroot
+/.ctrsh/busybox rmdir /.oldroot 2>/dev/null || :
+# The working directory, made if the image lacks it (as Docker does).
+cd "$cwd" 2>/dev/null || { /.ctrsh/busybox mkdir -p "$cwd" && cd "$cwd"; }
+eval "prog=\${$((nvars + 1))}"
+case $prog in
+*/*) ;;
+*)
+  found=
+  IFS=:
+  for dir in $search; do
+    if [ -f "${dir:-.}/$prog" ] && [ -x "${dir:-.}/$prog" ]; then found=${dir:-.}/$prog; break; fi
+  done
+  unset IFS
+  if [ -z "$found" ]; then echo "ctrsh: $prog: not found in the container'"'"'s PATH ($search)" >&2; exit 127; fi
+  i=0
+  for arg; do
+    shift
+    if [ "$i" -eq "$nvars" ]; then set -- "$@" "$found"; else set -- "$@" "$arg"; fi
+    i=$((i + 1))
+  done
+  ;;
+esac
+# Keep the tools open as fd 3, unmount them, then drop privileges with setpriv run from that fd.
+exec 3</.ctrsh
+/proc/self/fd/3/busybox umount -l /.ctrsh
+/proc/self/fd/3/busybox rmdir /.ctrsh 2>/dev/null || :
+exec /proc/self/fd/3/ld-linux-x86-64.so.2 --inhibit-cache --library-path /proc/self/fd/3 /proc/self/fd/3/setpriv --bounding-set=-all,+chown,+dac_override,+fsetid,+fowner,+mknod,+net_raw,+setgid,+setuid,+setfcap,+setpcap,+net_bind_service,+sys_chroot,+kill,+audit_write --inh-caps=-all --ambient-caps=-all --no-new-privs -- /proc/self/fd/3/busybox sh -c '"'"'for fd in /proc/self/fd/*; do
+  fd=${fd##*/}
+  if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+done
+exec -a env /proc/self/exe -i "$@"
+'"'"' ctrsh-exec "$@"
+' ctrsh-start /run/ctrsh/hello/rootfs / /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin 3 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root HOSTNAME=hello /bin/sh -c 'echo "hello from $(hostname), pid $$"; ps'
 if ((stop)); then exit "$stop"; fi
 
 # The EXIT trap now tears everything down: the undos above, newest first.

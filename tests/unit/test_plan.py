@@ -71,7 +71,7 @@ def test_without_net_and_uts_nothing_touches_them() -> None:
     plan = plan_of(BASE + "namespaces: [mount, pid]\n")
     text = "\n".join(s.command for s in plan.steps)
     assert "netns" not in text and "--net" not in text and "hostname" not in text and "--uts" not in text
-    assert {s.phase for s in plan.steps} == {"rootfs", "namespaces", "filesystem", "process"}
+    assert {s.phase for s in plan.steps} == {"rootfs", "namespaces", "filesystem", "security", "process"}
 
 
 def test_every_host_change_has_an_undo() -> None:
@@ -102,9 +102,15 @@ def test_env_cwd_and_hostname_reach_the_start_step() -> None:
     text = "name: box\nrootfs: {busybox: {}}\nhostname: web\n"
     plan = plan_of(text + "process: {args: [/bin/true], cwd: /srv, env: {A: '1', PATH: /x}}\n")
     argv = plan.steps[-1].argv
-    env = argv[argv.index("-i") + 1 : argv.index("/bin/true")]
+    start = argv.index("ctrsh-start")
+    assert argv[start + 1 : start + 5] == (
+        plan_of(text + "process: {args: [a]}\n").steps[-1].argv[start + 1],
+        "/srv",
+        "/x",
+        "4",
+    )
+    env = argv[start + 5 : argv.index("/bin/true")]
     assert env == ("PATH=/x", "HOME=/root", "HOSTNAME=web", "A=1")  # recipe env overrides defaults
-    assert argv[argv.index("ctrsh-start") + 2] == "/srv"
     assert "hostname" in plan.steps[[s.argv[0] for s in plan.steps].index("unshare")].argv
 
 

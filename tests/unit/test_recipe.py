@@ -21,7 +21,7 @@ CASES = [
     ("unknown nested key, not also 'missing'", "name: x\nrootfs: {busybox: {}}\nprocess:\n  arg: [a]\n",
      "r.yaml:4:3: unknown key 'arg' in process; did you mean 'args'?"),
     ("unknown key, no near match", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a], zzz: 1}\n",
-     "r.yaml:3:22: unknown key 'zzz' in process (known: args, env, cwd)"),
+     "r.yaml:3:22: unknown key 'zzz' in process (known: args, env, cwd, terminal)"),
     ("wrong type", "name: x\nrootfs: {busybox: {}}\nprocess:\n  args: /bin/sh\n",
      "r.yaml:4:9: process.args: expected a list, got a string ('/bin/sh')"),
     ("boolean for a string", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a, yes]}\n",
@@ -112,6 +112,6 @@ def test_json_schema_matches_the_loader() -> None:
     json.dumps(s)
     assert s["required"] == ["name", "rootfs", "process"]
     assert s["additionalProperties"] is False
-    assert set(s["properties"]) == {"name", "rootfs", "process", "hostname", "namespaces"}
+    assert set(s["properties"]) == {"name", "rootfs", "process", "hostname", "namespaces", "security"}
     assert s["properties"]["namespaces"]["items"]["enum"] == ["mount", "uts", "ipc", "pid", "net", "cgroup"]
     assert s["properties"]["rootfs"]["maxProperties"] == 1
