@@ -62,6 +62,25 @@ def tools(plan: Plan) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def check_dirs(facts: Facts) -> None:
+    """The state and data dirs, or the dirs above them that exist, must be root's alone.
+
+    Every step runs as root on paths under them: in a dir another user can
+    write, that user could swap a path for a symlink between two steps, and
+    `rm -rf` or `mount` would follow it; `destroy` would not trust it either.
+    """
+    from .owner import trusted_dir
+
+    for what, path in (("state dir", facts.state_dir), ("data dir", facts.data_dir)):
+        existing = path
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        if why := trusted_dir(existing):
+            raise UsageError(
+                f"{what} {path}: {why}; ctrsh runs as root there and would follow a link another user planted"
+            )
+
+
 class NameInUse(CtrshError):
     exit_code = 125  # as `docker run` for a name conflict
 
@@ -73,6 +92,7 @@ def check(plan: Plan, facts: Facts, paths: Paths) -> None:
             f"a container named {plan.name!r} already exists (in {paths.state} or {paths.layer}); "
             f"if it is left over from a crash, `ctrsh destroy {plan.name}` removes it"
         )
+    check_dirs(facts)
     missing = [t for t in tools(plan) if shutil.which(t, path=SAFE_PATH) is None]
     if not os.path.exists(facts.busybox) and any(facts.busybox in s.argv for s in plan.steps):
         missing.append("busybox")

@@ -175,3 +175,19 @@ def test_export_onto_a_symlink_to_a_device_is_refused(ctrsh: Ctrsh, tmp_path: Pa
         )
         assert link.is_symlink() and os.readlink(link) == target
         link.unlink()
+
+
+def test_apply_refuses_dirs_another_user_can_write(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, 65534, 65534)  # a dir uid 65534 owns: it could plant links where ctrsh works
+    r = subprocess.run(
+        ctrsh.cmd("apply", ctrsh.recipe(SLEEPER.format(name="test-shared")), "--state-dir", f"{shared}/run"),
+        env=ctrsh.env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (
+        f"ctrsh: state dir {shared}/run: {shared} is not root's, or others can write to it; "
+        "ctrsh runs as root there and would follow a link another user planted\n"
+    )
+    assert list(shared.iterdir()) == []
