@@ -73,13 +73,15 @@ def apply(
     plan, facts = _plan(recipe, state_dir, data_dir)
     from . import engine, preflight
     from .facts import Paths
+    from .phases import cgroups
     from .signals import Interrupted
     from .trace import Trace
 
     paths = Paths(facts, plan.name)
     preflight.check(plan, facts, paths)
+    oom_counter = cgroups.oom_counter(facts, plan.name)
     try:
-        code = engine.apply(plan, paths.journal, paths.nsfile("mnt"), Trace(quiet=quiet))
+        code = engine.apply(plan, paths.journal, paths.nsfile("mnt"), Trace(quiet=quiet), oom_counter)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except Interrupted as e:
@@ -143,6 +145,21 @@ def destroy(
         failed = engine.undo_all(journal, Trace(), paths.nsfile("mnt") if ours else "")
     if failed or refused:
         raise CtrshError("teardown incomplete:\n" + "\n".join(refused + failed))
+
+
+@app.command()
+def doctor() -> None:
+    """Check this host: tools, kernel features (namespaces, overlayfs, cgroups, user namespaces), root.
+
+    Prints each check, and for each gap the Debian package (or setting) that fills it. Changes
+    nothing. Exits 1 if something every container needs is missing.
+    """
+    from . import doctor as doc
+
+    results = doc.checks()
+    sys.stdout.write(doc.render(results))
+    if any(not c.ok and c.required for c in results):
+        raise typer.Exit(1)
 
 
 @app.command()

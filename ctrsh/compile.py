@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from .errors import Problem, RecipeError
 from .facts import Facts, Paths
-from .phases import Context, filesystem, namespaces, network, process, rootfs, security
+from .phases import Context, cgroups, filesystem, namespaces, network, process, rootfs, security
 from .plan import Plan
 from .recipe import ALL_NAMESPACES, Recipe
 
-PHASE_MODULES = (rootfs, namespaces, filesystem, network, security, process)
+PHASE_MODULES = (rootfs, namespaces, filesystem, network, cgroups, security, process)
 
 
 def resolve(recipe: Recipe, facts: Facts) -> Context:
@@ -27,6 +27,7 @@ def resolve(recipe: Recipe, facts: Facts) -> Context:
                 recipe.problem("hostname", "setting a hostname needs the 'uts' namespace (else it renames the host)")
             )
         hostname = None
+    problems += cgroups.check(recipe, facts)
     if problems:
         raise RecipeError(problems)
     return Context(recipe, facts, Paths(facts, recipe.name), kinds, hostname)
@@ -36,7 +37,9 @@ def compile_plan(recipe: Recipe, facts: Facts) -> Plan:
     ctx = resolve(recipe, facts)
     steps = tuple(step for module in PHASE_MODULES for step in module.steps(ctx))
     notes = tuple(note for module in PHASE_MODULES if hasattr(module, "notes") for note in module.notes(ctx))
-    return Plan(name=recipe.name, source=printable(recipe.file), steps=steps, notes=notes)
+    return Plan(
+        name=recipe.name, source=printable(recipe.file), steps=steps, container_ns=ctx.paths.nsfile("mnt"), notes=notes
+    )
 
 
 def printable(text: str) -> str:

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-from . import procs, safepath
+from . import oom, procs, safepath
 from .errors import StepFailed
 from .journal import Journal
 from .plan import Argv, Plan, join
@@ -94,8 +94,11 @@ def undo_all(journal: Journal, trace: Trace, mnt_nsfile: str) -> list[str]:
     return failed
 
 
-def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace) -> int:
-    """Run every step, then tear down; return the container's exit code."""
+def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace, oom_counter: str | None = None) -> int:
+    """Run every step, then tear down; return the container's exit code.
+
+    oom_counter: the container's cgroup file counting OOM kills, read once the container has
+    exited (and before teardown removes it) to say so, and exit 137, if the OOM killer struck."""
     journal = Journal(journal_path)
     signals = Signals(mnt_nsfile, trace)
     code = 0
@@ -112,6 +115,9 @@ def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace) -> int:
                         code = run_foreground(step.argv)
                     if signals.stopped_by_ctrl_c:
                         code = 130
+                    elif count := oom.kills(oom_counter):
+                        code, line = oom.verdict(count, code, oom.limit(oom_counter))
+                        say(line)
                 else:
                     try:
                         run_step(step.argv)

@@ -52,14 +52,77 @@ undo() {{
   if ((stop)); then exit "$stop"; fi
 }}
 trap cleanup EXIT
-trap 'stop=130' INT
-trap 'stop=143' TERM
-trap 'stop=129' HUP
+
+# The container runs in a session of its own, out of reach of the terminal's Ctrl-C, so signals to
+# this script are passed on to it, as `ctrsh apply` does. Its processes are those in its mount
+# namespace (-ef: same file). Ctrl-C goes to its PID 1 if that has a handler for it; a PID 1 without
+# one would never see it (the kernel protects a namespace's init), so then the container is stopped.
+container_ns={nsfile}
+container=0  # pid of the command that runs the container, while it runs
+container_pids() {{
+  local p
+  for p in /proc/[0-9]*; do
+    if [[ $p/ns/mnt -ef $container_ns && ${{p#/proc/}} != "$$" ]]; then echo "${{p#/proc/}}"; fi
+  done
+}}
+catches_sigint() {{  # is $1 PID 1 of a PID namespace, with a handler for SIGINT?
+  local key value nspid=() caught=0
+  while read -r key value; do
+    case $key in
+      NSpid:) read -ra nspid <<<"$value" ;;
+      SigCgt:) caught=$((16#$value >> 1 & 1)) ;;
+    esac
+  done <"/proc/$1/status" || return 2
+  ((${{#nspid[@]}} > 1)) && [[ ${{nspid[-1]}} == 1 ]] || return 2
+  ((caught))
+}}
+on_signal() {{  # $1 signal, $2 exit code
+  local p init=""
+  if ((container)) && [[ $1 == INT ]]; then
+    for p in $(container_pids); do
+      if catches_sigint "$p"; then init=$p; elif (($? == 1)); then init=none; fi
+    done
+    if [[ -n $init && $init != none ]]; then kill -INT "$init" 2>/dev/null || :; return; fi
+  fi
+  stop=$2
+  if ((container)); then stop_container; fi
+}}
+stop_container() {{
+  local p
+  for p in $(container_pids); do
+    [[ $(<"/proc/$p/comm") == script ]] || kill -KILL "$p" 2>/dev/null || :  # the relay ends with PID 1
+  done
+}}
+# Run the container in the background and wait, so that a signal's trap runs at once.
+run_container() {{
+  local rc
+  "$@" <&0 &
+  container=$!
+  while :; do
+    if wait "$container"; then rc=0; else rc=$?; fi
+    if ! kill -0 "$container" 2>/dev/null; then break; fi
+    if ((stop)); then stop_container; sleep 0.05; fi  # it may still be entering its namespaces
+  done
+  container=0
+  return "$rc"
+}}
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
+trap 'on_signal HUP 129' HUP
+trap 'on_signal PIPE 141' PIPE
 """
 
 
 def export_script(plan: Plan) -> str:
-    out = [HEADER.format(name=plan.name, version=__version__, source=plan.source, safe_path=SAFE_PATH)]
+    out = [
+        HEADER.format(
+            name=plan.name,
+            version=__version__,
+            source=plan.source,
+            nsfile=shlex.quote(plan.container_ns),
+            safe_path=SAFE_PATH,
+        )
+    ]
     out += [f"# Note: {note}\n" for note in plan.notes]
     for phase, steps in plan.by_phase():
         out.append(f"\n# == {phase}: {PHASES[phase]} ==\n")
@@ -74,7 +137,8 @@ def export_script(plan: Plan) -> str:
             for step in group:
                 if step.foreground:
                     out.append(f'{indent}if ((stop)); then exit "$stop"; fi\n')
-                out.append(f"{indent}# {step.why}\n{indent}{step.command}\n")
+                run = "run_container " if step.foreground else ""
+                out.append(f"{indent}# {step.why}\n{indent}{run}{step.command}\n")
                 if step.undo_command:
                     out.append(f"{indent}undo {shlex.quote(step.undo_command)}\n")
             if keep:

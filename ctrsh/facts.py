@@ -16,12 +16,35 @@ STATE_ENV, DATA_ENV = "CTRSH_STATE_DIR", "CTRSH_DATA_DIR"
 DEFAULT_STATE, DEFAULT_DATA = "/run/ctrsh", "/var/lib/ctrsh"
 
 
+CGROUP_ROOT = "/sys/fs/cgroup"
+# The v1 controllers a container gets a cgroup in: the limits, cpuacct for usage, devices for
+# the device allowlist, freezer to stop every process at once before killing them.
+CGROUP_V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "devices", "freezer")
+CGROUP_V2_CONTROLLERS = ("cpu", "memory", "pids")
+
+
+@dataclass(frozen=True)
+class CgroupFacts:
+    """How this host's cgroups are laid out, read at run time (see `detect_cgroups`)."""
+
+    version: int = 1  # 1: a hierarchy per controller (legacy or hybrid); 2: one unified hierarchy; 0: none
+    # Controller -> the directory its hierarchy is mounted on. v1: one per controller, co-mounted
+    # ones (cpu,cpuacct) share a dir; v2: every controller the root offers, all on the one mount.
+    mounts: tuple[tuple[str, str], ...] = tuple((k, f"{CGROUP_ROOT}/{k}") for k in CGROUP_V1_CONTROLLERS)
+    swap: bool = True  # swap is accounted (v1 memory.memsw.*; v2 memory.swap.max)
+    root: str = CGROUP_ROOT  # v2: the unified mount, where the container's cgroup goes
+
+    def mount(self, controller: str) -> str | None:
+        return dict(self.mounts).get(controller)
+
+
 @dataclass(frozen=True)
 class Facts:
     state_dir: str = DEFAULT_STATE  # per-container runtime state: ns files, the writable layer
     data_dir: str = DEFAULT_DATA  # lasting data: built images; containers' writable layers while they run
     busybox: str = "/bin/busybox"  # the host's static busybox, copied into the busybox image
     cgroup_ns: bool = True  # the kernel has cgroup namespaces
+    cgroups: CgroupFacts = CgroupFacts()  # default: these machines, cgroup v1 (hybrid)
     # The trusted host tools PID 1 runs after pivot_root, from copies on a private tmpfs: setpriv,
     # the shared libraries it loads and their loader (from `ldd`, they differ per host and arch).
     setpriv: str = "/usr/bin/setpriv"
@@ -143,14 +166,54 @@ def detect(state_dir: str | None = None, data_dir: str | None = None) -> Facts:
     data = data_dir or os.environ.get(DATA_ENV) or DEFAULT_DATA
     setpriv = shutil.which("setpriv", path=SAFE_PATH) or "/usr/bin/setpriv"
     deps = setpriv_deps(setpriv) or (Facts.loader, Facts.setpriv_libs)
+    cgroups = detect_cgroups()
     return Facts(
         setpriv=setpriv,
         loader=deps[0],
         setpriv_libs=deps[1],
         term=term if re.fullmatch(r"[A-Za-z0-9._+-]{1,64}", term := os.environ.get("TERM", "")) else "xterm",
-        device_cgroup=os.path.isfile("/sys/fs/cgroup/devices/devices.allow"),
+        device_cgroup=cgroups.version == 1 and cgroups.mount("devices") is not None,
         state_dir=check_dir(state, f"state dir (--state-dir or ${STATE_ENV})"),
         data_dir=check_dir(data, f"data dir (--data-dir or ${DATA_ENV})"),
         busybox=shutil.which("busybox", path="/usr/bin:/bin:/usr/sbin:/sbin") or "/bin/busybox",
         cgroup_ns=os.path.exists("/proc/self/ns/cgroup"),
+        cgroups=cgroups,
     )
+
+
+def detect_cgroups(mountinfo: str = "/proc/self/mountinfo") -> CgroupFacts:
+    """v2 if /sys/fs/cgroup itself is cgroup2 (unified); else v1, from the cgroup mounts below it."""
+    v1: dict[str, str] = {}
+    try:
+        with open(mountinfo) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        point = fields[4].replace("\\040", " ")
+        fstype, _source, opts = [*line.split(" - ", 1)[1].split(), "", ""][:3]
+        if fstype == "cgroup2" and point == CGROUP_ROOT:
+            return _v2()
+        if fstype == "cgroup" and os.path.dirname(point) == CGROUP_ROOT:
+            for opt in opts.split(","):
+                if opt in CGROUP_V1_CONTROLLERS:
+                    v1.setdefault(opt, point)
+    if not v1:
+        return CgroupFacts(version=0, mounts=(), swap=False)
+    memory = v1.get("memory")
+    swap = memory is not None and os.path.exists(f"{memory}/memory.memsw.limit_in_bytes")
+    return CgroupFacts(version=1, mounts=tuple((k, v1[k]) for k in CGROUP_V1_CONTROLLERS if k in v1), swap=swap)
+
+
+def _v2() -> CgroupFacts:
+    try:
+        with open(f"{CGROUP_ROOT}/cgroup.controllers") as f:
+            offered = f.read().split()
+    except OSError:
+        offered = []
+    mounts = tuple((k, CGROUP_ROOT) for k in CGROUP_V2_CONTROLLERS if k in offered)
+    # memory.swap.max comes with the memory controller where the kernel accounts swap (Debian's does)
+    return CgroupFacts(version=2, mounts=mounts, swap="memory" in offered)

@@ -112,6 +112,10 @@ def known_undo(undo: Argv, paths: Paths) -> bool:
         (*rm, paths.layer),
         (*rm, f"{paths.dev_template}.tmp"),
     }
+    from .phases import cgroups
+
+    exact.add(cgroups.kill_undo(f, paths.name))
+    exact.add(("sh", "-c", cgroups.RMDIR_UNUSED, "ctrsh-rmdir", *cgroups.parents(f)))
     if undo in exact:
         return True
     images = f"{f.data_dir}/images/"
@@ -168,6 +172,13 @@ def leftovers(paths: Paths) -> tuple[list[Argv], list[str]]:
         return not why
 
     state_ok, layer_ok = ours(paths.state), ours(paths.layer)
+    from .phases import cgroups
+
+    # The cgroup (named for this instance's state dir, made only by root) holds every process of the
+    # container, also ones that left its namespaces: kill it even if ctrsh died between making it and
+    # journaling its undo (the undo is idempotent).
+    kill = cgroups.kill_undo(paths.facts, paths.name)
+    cgroup_left = any(os.path.isdir(d) for d in cgroups.cgroup_dirs(paths.facts, paths.name))
     found: list[Argv] = []
     if state_ok and os.path.lexists(paths.journal):
         undos, why = _read_journal(paths.journal)
@@ -181,6 +192,8 @@ def leftovers(paths: Paths) -> tuple[list[Argv], list[str]]:
             else:
                 found.append(undo)
         if undos is not None:
+            if cgroup_left and kill not in found:
+                found.append(kill)
             return found, refused
     # In the order apply creates them; undone in reverse.
     if state_ok:
@@ -191,4 +204,6 @@ def leftovers(paths: Paths) -> tuple[list[Argv], list[str]]:
             found.append(("ip", "netns", "delete", paths.netns))
     if layer_ok:
         found.append(("rm", "-rf", "--one-file-system", paths.layer))
+    if cgroup_left:
+        found += [("sh", "-c", cgroups.RMDIR_UNUSED, "ctrsh-rmdir", *cgroups.parents(paths.facts)), kill]
     return found, refused

@@ -80,6 +80,7 @@ class Plan:
     name: str
     source: str  # the recipe file, for headers
     steps: tuple[Step, ...]
+    container_ns: str = ""  # the mount namespace file: the container's processes are those in it
     notes: tuple[str, ...] = ()  # what the plan does not do and why (no fake steps for it), shown as comments
 
     def by_phase(self) -> list[tuple[Phase, list[Step]]]:

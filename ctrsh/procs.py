@@ -29,13 +29,23 @@ def container_pids(mnt_nsfile: str) -> list[int]:
 
 def kill_all(mnt_nsfile: str, trace: Trace, why: str = "processes still in the container") -> None:
     """SIGKILL everything in the container (PID 1's death takes its PID namespace with it)."""
-    pids = container_pids(mnt_nsfile)
+    # script(1), the terminal relay of `terminal: true`, is spared: it ends by itself once PID 1 is
+    # gone, after putting the caller's terminal back the way it was (SIGKILL would leave it raw).
+    pids = [p for p in container_pids(mnt_nsfile) if _comm(p) != "script"]
     if pids:
         trace.note(f"{why}:")
         trace.command("kill -KILL " + " ".join(map(str, pids)))
         for pid in pids:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _status(pid: int, key: str) -> str:

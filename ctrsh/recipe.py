@@ -109,6 +109,111 @@ def check_namespaces(value: list[str]) -> Issues:
     return issues
 
 
+SIZE_RE = re.compile(r"([0-9]+)(?:\.([0-9]+))? ?([kmgtpe]?)(?:i?b)?", re.IGNORECASE)
+SIZE_UNITS = "kmgtpe"  # powers of 1024, as Docker reads `-m 256m`
+MAX_BYTES = 2**63 - 1  # the kernel reads limits as a signed 64-bit count of bytes
+MIN_MEMORY = 6 * 2**20  # as Docker: below this not even the container's start fits
+MAX_PIDS = 4194304  # PID_MAX_LIMIT: pids.max refuses more
+MAX_CPUS = 1024
+
+
+def parse_bytes(text: str) -> int | None:
+    """`256M`, `1.5G`, `512k`, `1GiB`, `268435456` -> bytes (units are powers of 1024); None if not a size."""
+    m = SIZE_RE.fullmatch(text.strip())
+    if not m:
+        return None
+    whole, frac, unit = m.groups()
+    scale = 1024 ** (SIZE_UNITS.index(unit.lower()) + 1) if unit else 1
+    return int(whole) * scale + (int(frac) * scale) // 10 ** len(frac) if frac else int(whole) * scale
+
+
+def _size(value: str, minimum: int) -> str | None:
+    n = parse_bytes(value)
+    if n is None:
+        return f"{value!r} is not a size: write bytes or a number with a unit k, M, G, T (powers of 1024), e.g. 256M"
+    if n < minimum:
+        return f"{value!r} is below the minimum of {minimum // 2**20}M"
+    if n > MAX_BYTES:
+        return f"{value!r} is more than the kernel's limit of {MAX_BYTES} bytes"
+    return None
+
+
+def check_memory(value: str) -> str | None:
+    return _size(value, MIN_MEMORY)
+
+
+def check_memory_swap(value: str) -> str | None:
+    return None if value.strip() == "-1" else _size(value, MIN_MEMORY)
+
+
+def check_cpus(value: float) -> str | None:
+    if not 0.01 <= value <= MAX_CPUS:  # also refuses .nan; the kernel's smallest quota is 1 ms per 100 ms
+        return f"{value} is out of range: from 0.01 to {MAX_CPUS} CPUs"
+    return None
+
+
+def check_cpu_weight(value: int) -> str | None:
+    return None if 1 <= value <= 10000 else f"{value} is out of range: a weight is from 1 to 10000 (default 100)"
+
+
+def check_pids(value: int) -> str | None:
+    return None if 1 <= value <= MAX_PIDS else f"{value} is out of range: from 1 to {MAX_PIDS} (the kernel's limit)"
+
+
+SIZE_SCHEMA = {"type": ["string", "integer"], "pattern": r"^\s*[0-9]+(\.[0-9]+)? ?[kKmMgGtTpPeE]?([iI]?[bB])?\s*$"}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Limits enforced by the container's cgroup (v1 or v2, whichever the host has)."""
+
+    cpus: float | None = field(
+        default=None,
+        metadata={
+            "doc": "CPU time, in cores: 1.5 is 150 ms per 100 ms period (a CFS quota).",
+            "check": check_cpus,
+            "json": {"minimum": 0.01, "maximum": MAX_CPUS},
+        },
+    )
+    cpu_weight: int | None = field(
+        default=None,
+        metadata={
+            "doc": "Share of CPU time under contention, 1-10000 (cgroup v2 cpu.weight; default 100). "
+            "On cgroup v1 converted to cpu.shares as runc does.",
+            "check": check_cpu_weight,
+            "json": {"minimum": 1, "maximum": 10000},
+        },
+    )
+    memory: str | None = field(
+        default=None,
+        metadata={
+            "doc": "Memory limit: bytes or with a unit, e.g. 256M, 1G. Above it the kernel's OOM killer strikes.",
+            "text": True,  # `memory: 268435456`
+            "check": check_memory,
+            "schema": {**SIZE_SCHEMA, "type": ["string", "integer", "null"]},
+        },
+    )
+    memory_swap: str | None = field(
+        default=None,
+        metadata={
+            "doc": "Memory plus swap, as Docker's --memory-swap: at least `memory`; -1 for unlimited swap. "
+            "Default: twice `memory`.",
+            "text": True,  # `memory: 268435456`
+            "check": check_memory_swap,
+            # anyOf: -1 is also an integer SIZE_SCHEMA takes (its pattern is for strings only)
+            "schema": {"anyOf": [SIZE_SCHEMA, {"const": -1}, {"const": "-1"}, {"type": "null"}]},
+        },
+    )
+    pids: int | None = field(
+        default=None,
+        metadata={
+            "doc": "Most processes (and threads) at once: a fork bomb stops here.",
+            "check": check_pids,
+            "json": {"minimum": 1, "maximum": MAX_PIDS},
+        },
+    )
+
+
 @dataclass(frozen=True)
 class Busybox:
     """A tiny root filesystem made from the host's static busybox (package busybox-static),
@@ -354,6 +459,9 @@ class Recipe:
     )
     security: Security = field(
         default_factory=Security, metadata={"doc": "Capabilities, no_new_privs, rlimits, user, kernel paths."}
+    )
+    resources: Resources | None = field(
+        default=None, metadata={"doc": "Resource limits (cgroups): cpus, cpu_weight, memory, memory_swap, pids."}
     )
     # Bookkeeping, not recipe keys: where each value was written (dotted path ->
     # line, col), so problems found after loading (in compile) still point at the text.

@@ -26,10 +26,15 @@ def render_plan(plan: Plan) -> str:
             for step in group:
                 lines.append(f"# {step.why}")
                 if step.undo_command:
-                    lines.append(f"#   undo: {step.undo_command}")
+                    lines.append(f"#   undo: {commented(step.undo_command)}")
                 lines.append(step.command)
     # undos of kept results only clean up a build cut short, so they are not part of the teardown
     undos = [s.undo_command for s in reversed(plan.steps) if s.undo_command and not s.keep]
     lines += ["", "# == teardown: when the container exits, undo in reverse =="]
-    lines += [f"#   {u}" for u in undos]
+    lines += [f"#   {commented(u)}" for u in undos]
     return "\n".join(lines) + "\n"
+
+
+def commented(command: str) -> str:
+    """A multi-line command (a script for `sh -c`) stays inside its comment."""
+    return command.replace("\n", "\n#     ")

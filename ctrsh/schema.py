@@ -6,13 +6,15 @@ not YAML positions. Walking the node tree ourselves gives every error its exact
 `line:col`, reports all errors at once, and stays a page of code. The same
 type hints also produce the JSON Schema (`json_schema`).
 
-Supported hints: str, int, bool, list[T], dict[str, T], Literal[...], T | None
+Supported hints: str, int, bool, float (an integer is accepted too), list[T], dict[str, T], Literal[...], T | None
 and nested dataclasses. Field metadata: "doc" (text for the schema and the
 README), "check" (value -> error message or None, for rules beyond the type;
 or a list of (index or key, message) to point at the items at fault), "partial"
 (the check also runs when some items failed: it skips them), "text" (a string
 that may be written as a number: `[sleep, 300]`), "lines" (a string that may
-hold newlines and tabs). A dataclass with `one_of = True` (a ClassVar) needs
+hold newlines and tabs), "schema" (the JSON Schema of a field whose hint says less
+than its check, e.g. a size written `256M` or 268435456), "json" (added to the
+JSON Schema the hint gives). A dataclass with `one_of = True` (a ClassVar) needs
 exactly one field set; one with a `rules` ClassVar (instance -> list of (field,
 message)) is checked as a whole once its fields are valid.
 
@@ -48,7 +50,7 @@ class _Invalid:
 INVALID: Any = _Invalid()
 INTERNAL = {"internal": True}  # field metadata: set by code, never a key in the YAML
 
-_KIND = {str: "a string", int: "an integer", bool: "a boolean (true/false)"}
+_KIND = {str: "a string", int: "an integer", bool: "a boolean (true/false)", float: "a number"}
 MAX_NODES = 10_000  # values visited, each alias use counted again: a real recipe has well under 1000
 MAX_PROBLEMS = 100  # a hostile file must not print a million lines
 TAG = "tag:yaml.org,2002:"
@@ -154,6 +156,8 @@ class Checker:
             if value.text == "<<":
                 return self.error(node, f"{path or 'recipe'}: merge keys ('<<') are not supported: write the keys out")
             return self.error(node, f"{path}: cannot read the value {value.text!r}")
+        if hint is float and type(value) is int:
+            value = float(value)  # `cpus: 2` is a number too
         if type(value) is not hint:
             quote = f"; quote it to mean the text: '{node.value}'" if hint is str and isinstance(value, bool) else ""
             return self.error(node, f"{path}: expected {_KIND[hint]}, got {describe(node, value)}{quote}")
@@ -331,7 +335,7 @@ def json_schema(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     props: dict[str, Any] = {}
     for f in public_fields(cls).values():
-        prop = _schema_of(hints[f.name], f.metadata)
+        prop = dict(f.metadata["schema"]) if "schema" in f.metadata else _schema_of(hints[f.name], f.metadata)
         prop.update(f.metadata.get("json", {}))
         if doc := f.metadata.get("doc"):
             prop["description"] = doc
@@ -378,4 +382,4 @@ def _schema_of(hint: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
         refused = yamlload.REFUSED if meta.get("lines") else f"\\t\\n{yamlload.REFUSED}"
         text: Any = ["string", "number"] if meta.get("text") else "string"
         return {"type": text, "not": {"type": "string", "pattern": f"[{refused}]"}}
-    return {"type": {int: "integer", bool: "boolean"}[hint]}
+    return {"type": {int: "integer", bool: "boolean", float: "number"}[hint]}

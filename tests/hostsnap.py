@@ -31,6 +31,25 @@ def _tree(root: str, depth: int) -> list[str]:
     return sorted(out)
 
 
+def _cgroups(state_dir: str) -> list[str]:
+    """The cgroups of the ctrsh instance of this state dir: its parent cgroup (named for the state
+    dir) wherever it is found in any hierarchy, with everything below it. Other cgroups on the
+    machine (other agents', systemd's) come and go and are not this test's to compare."""
+    from ctrsh.facts import CGROUP_ROOT, Facts
+    from ctrsh.phases.cgroups import parent_name
+
+    ours = parent_name(Facts(state_dir=os.path.normpath(state_dir)))
+    out = []
+    for dirpath, dirnames, _ in os.walk(CGROUP_ROOT):
+        depth = dirpath[len(CGROUP_ROOT) :].count("/")
+        if os.path.basename(dirpath) == ours:
+            out += [dirpath] + [os.path.join(d, n) for d, names, _ in os.walk(dirpath) for n in names]
+            dirnames[:] = []
+        elif depth >= 4:
+            dirnames[:] = []
+    return sorted(out)
+
+
 def _firewall() -> str:
     rules = _run("iptables-save") + _run("ip6tables-save")
     rules = "\n".join(line for line in rules.splitlines() if not line.startswith("#"))
@@ -64,7 +83,7 @@ def snapshot(state_dir: str, data_dir: str) -> dict[str, object]:
         "mounts": _mounts(),
         "links": sorted(line.split(":")[1].strip() for line in _run("ip", "-o", "link").splitlines()),
         "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
-        "cgroups": _tree("/sys/fs/cgroup", 3),
+        "cgroups": _cgroups(state_dir),
         "firewall": _firewall(),
         "hostname": socket.gethostname(),
         "state dir": _tree(state_dir, 9),

@@ -28,7 +28,7 @@ import shlex
 
 from ..facts import SAFE_PATH
 from ..plan import Step
-from . import Context
+from . import Context, cgroups
 from .security import TOOLS, setpriv_options
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -177,10 +177,10 @@ def start_argv(c: Context) -> tuple[str, ...]:
     setsid = ("setsid", "--ctty") if proc.terminal else ("setsid",)
     pid1 = (
         "unshare", *new, "--fork", "--kill-child", "--",
-        "env", "-i", f"PATH={SAFE_PATH}", *setsid, "sh", "-euc", start_script(c), "ctrsh-start",
+        "env", "-i", "--default-signal", f"PATH={SAFE_PATH}", *setsid, "sh", "-euc", start_script(c), "ctrsh-start",
         c.paths.rootfs, proc.cwd, env["PATH"], str(len(env)), *(f"{k}={v}" for k, v in env.items()), *proc.args,
     )  # fmt: skip
-    enter = c.nsenter("mount", "uts", "ipc", "net")
+    enter = (*cgroups.join_prefix(c), *c.nsenter("mount", "uts", "ipc", "net"))
     if not proc.terminal:
         return (*enter, *pid1)
     # script(1) makes a new pty (in the container's devpts: see the bind below), relays the caller's

@@ -32,9 +32,64 @@ undo() {
   if ((stop)); then exit "$stop"; fi
 }
 trap cleanup EXIT
-trap 'stop=130' INT
-trap 'stop=143' TERM
-trap 'stop=129' HUP
+
+# The container runs in a session of its own, out of reach of the terminal's Ctrl-C, so signals to
+# this script are passed on to it, as `ctrsh apply` does. Its processes are those in its mount
+# namespace (-ef: same file). Ctrl-C goes to its PID 1 if that has a handler for it; a PID 1 without
+# one would never see it (the kernel protects a namespace's init), so then the container is stopped.
+container_ns=/run/ctrsh/hello/ns/mnt
+container=0  # pid of the command that runs the container, while it runs
+container_pids() {
+  local p
+  for p in /proc/[0-9]*; do
+    if [[ $p/ns/mnt -ef $container_ns && ${p#/proc/} != "$$" ]]; then echo "${p#/proc/}"; fi
+  done
+}
+catches_sigint() {  # is $1 PID 1 of a PID namespace, with a handler for SIGINT?
+  local key value nspid=() caught=0
+  while read -r key value; do
+    case $key in
+      NSpid:) read -ra nspid <<<"$value" ;;
+      SigCgt:) caught=$((16#$value >> 1 & 1)) ;;
+    esac
+  done <"/proc/$1/status" || return 2
+  ((${#nspid[@]} > 1)) && [[ ${nspid[-1]} == 1 ]] || return 2
+  ((caught))
+}
+on_signal() {  # $1 signal, $2 exit code
+  local p init=""
+  if ((container)) && [[ $1 == INT ]]; then
+    for p in $(container_pids); do
+      if catches_sigint "$p"; then init=$p; elif (($? == 1)); then init=none; fi
+    done
+    if [[ -n $init && $init != none ]]; then kill -INT "$init" 2>/dev/null || :; return; fi
+  fi
+  stop=$2
+  if ((container)); then stop_container; fi
+}
+stop_container() {
+  local p
+  for p in $(container_pids); do
+    [[ $(<"/proc/$p/comm") == script ]] || kill -KILL "$p" 2>/dev/null || :  # the relay ends with PID 1
+  done
+}
+# Run the container in the background and wait, so that a signal's trap runs at once.
+run_container() {
+  local rc
+  "$@" <&0 &
+  container=$!
+  while :; do
+    if wait "$container"; then rc=0; else rc=$?; fi
+    if ! kill -0 "$container" 2>/dev/null; then break; fi
+    if ((stop)); then stop_container; sleep 0.05; fi  # it may still be entering its namespaces
+  done
+  container=0
+  return "$rc"
+}
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
+trap 'on_signal HUP 129' HUP
+trap 'on_signal PIPE 141' PIPE
 # Note: seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.
 
 # == rootfs: provide the root filesystem ==
@@ -156,6 +211,52 @@ nsenter --mount=/run/ctrsh/hello/ns/mnt --net=/run/netns/ctrsh-hello -- mount -t
 # Bring up loopback: a new network namespace starts with lo down.
 ip -n ctrsh-hello link set lo up
 
+# == cgroups: limit resources ==
+# The parent of this ctrsh instance's cgroups (named for its state dir); removed once no container uses it.
+mkdir -p /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh
+undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d"; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh'
+# The container's cgroup (a cgroup in each hierarchy): all its processes, also ones that leave its namespaces. Teardown kills every process in it first, then removes it.
+mkdir /sys/fs/cgroup/cpu/ctrsh/hello /sys/fs/cgroup/cpuacct/ctrsh/hello /sys/fs/cgroup/memory/ctrsh/hello /sys/fs/cgroup/pids/ctrsh/hello /sys/fs/cgroup/devices/ctrsh/hello /sys/fs/cgroup/freezer/ctrsh/hello
+undo 'sh -c '"'"'f=$1; shift
+listed() { for d; do if [ -d "$d" ]; then find "$d" -name cgroup.procs -exec cat {} +; fi; done; }
+n=0
+while [ -n "$(listed "$@")" ]; do
+  if [ "$n" -ge 100 ]; then echo "ctrsh: still running after 10 s:" $(listed "$@") >&2; exit 1; fi
+  for d; do if [ -e "$d/cgroup.kill" ]; then echo 1 > "$d/cgroup.kill"; fi; done
+  if [ -d "$f" ]; then
+    echo FROZEN > "$f/freezer.state"
+    i=0; while [ "$(cat "$f/freezer.state")" = FREEZING ] && [ $((i += 1)) -lt 100 ]; do sleep 0.01; done
+  fi
+  kill -9 $(listed "$@") 2>/dev/null || true
+  if [ -d "$f" ]; then echo THAWED > "$f/freezer.state"; fi
+  n=$((n + 1)); sleep 0.1
+done
+for d; do if [ -d "$d" ]; then find "$d" -depth -type d -exec rmdir {} +; fi; done'"'"' ctrsh-kill /sys/fs/cgroup/freezer/ctrsh/hello /sys/fs/cgroup/cpu/ctrsh/hello /sys/fs/cgroup/cpuacct/ctrsh/hello /sys/fs/cgroup/memory/ctrsh/hello /sys/fs/cgroup/pids/ctrsh/hello /sys/fs/cgroup/devices/ctrsh/hello /sys/fs/cgroup/freezer/ctrsh/hello'
+# Devices: deny every node first, as Docker does; CAP_MKNOD alone then makes nodes it cannot open.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write a /sys/fs/cgroup/devices/ctrsh/hello/devices.deny
+# Devices: allow 'c *:* m': make any node (not open it).
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c *:* m' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
+# Devices: allow 'b *:* m': make any node (not open it).
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'b *:* m' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
+# Devices: allow 'c 1:3 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:3 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
+# Devices: allow 'c 1:5 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:5 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
+# Devices: allow 'c 1:7 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:7 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
+# Devices: allow 'c 1:8 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:8 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
+# Devices: allow 'c 1:9 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:9 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
+# Devices: allow 'c 5:0 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:0 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
+# Devices: allow 'c 5:1 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:1 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
+# Devices: allow 'c 5:2 rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:2 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
+# Devices: allow 'c 136:* rwm': open this standard node.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 136:* rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
+
 # == security: drop privileges ==
 # A private tmpfs for trusted copies of host tools: after pivot_root the image's own binaries are all there is, and none may run before privileges are dropped.
 nsenter --mount=/run/ctrsh/hello/ns/mnt -- mount -t tmpfs -o mode=0700,size=16m,nosuid,nodev ctrsh-tools /run/ctrsh/hello/rootfs/.ctrsh
@@ -165,7 +266,7 @@ nsenter --mount=/run/ctrsh/hello/ns/mnt -- cp /bin/busybox /usr/bin/setpriv /lib
 # == process: start the container's PID 1 ==
 if ((stop)); then exit "$stop"; fi
 # Enter the namespaces and fork PID 1 of a new PID namespace in a session of its own. As the host's sh it mounts /proc, masks kernel paths, pivot_roots, detaches the old root with trusted tools, then setpriv drops capabilities and busybox closes leaked fds before the command runs.
-nsenter --mount=/run/ctrsh/hello/ns/mnt --uts=/run/ctrsh/hello/ns/uts --ipc=/run/ctrsh/hello/ns/ipc --net=/run/netns/ctrsh-hello -- unshare --pid --cgroup --fork --kill-child -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin setsid sh -euc 'set -f  # paths and PATH are split, never glob-expanded
+run_container sh -c 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"' ctrsh-join /sys/fs/cgroup/cpu/ctrsh/hello/cgroup.procs /sys/fs/cgroup/cpuacct/ctrsh/hello/cgroup.procs /sys/fs/cgroup/memory/ctrsh/hello/cgroup.procs /sys/fs/cgroup/pids/ctrsh/hello/cgroup.procs /sys/fs/cgroup/devices/ctrsh/hello/cgroup.procs /sys/fs/cgroup/freezer/ctrsh/hello/cgroup.procs -- nsenter --mount=/run/ctrsh/hello/ns/mnt --uts=/run/ctrsh/hello/ns/uts --ipc=/run/ctrsh/hello/ns/ipc --net=/run/netns/ctrsh-hello -- unshare --pid --cgroup --fork --kill-child -- env -i --default-signal PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin setsid sh -euc 'set -f  # paths and PATH are split, never glob-expanded
 root=$1 cwd=$2 search=$3 nvars=$4
 shift 4
 # A closed stdin, stdout or stderr becomes /dev/null, as in Docker.

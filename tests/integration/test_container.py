@@ -262,23 +262,32 @@ def test_destroy_without_a_journal(ctrsh: Ctrsh) -> None:
     assert r.returncode == 2 and r.stderr.startswith("ctrsh: no container 'test-orphan' here")
 
 
-def test_exported_script_defers_sigterm_and_cleans_up(ctrsh: Ctrsh, tmp_path: Path) -> None:
-    """bash acts on SIGTERM once the running command ends; then the EXIT trap undoes everything."""
-    from ctrsh.procs import container_pids
-
+def test_exported_script_stops_the_container_on_sigterm(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    """As apply does: SIGTERM stops the container at once, then the EXIT trap undoes everything."""
     recipe = ctrsh.recipe(inside_recipe("test-script-term", "echo ready; exec sleep 60"))
     script = tmp_path / "run.sh"
     assert ctrsh.run("export", recipe, "-o", str(script)).returncode == 0
     proc = subprocess.Popen(["bash", str(script)], env=ctrsh.env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     proc.terminate()
-    time.sleep(0.3)
-    assert proc.poll() is None  # still waiting for the container, as a shell does
-    pids = container_pids(f"{ctrsh.env['CTRSH_STATE_DIR']}/test-script-term/ns/mnt")
-    assert pids
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == 143
+
+
+def test_exported_script_ctrl_c(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    """Ctrl-C reaches a PID 1 that handles it; one that cannot (sleep as init) is stopped."""
+    handles = "trap 'echo got-int; exit 3' INT; echo ready; while :; do sleep 0.1; done"
+    for name, body, code, out in (
+        ("test-script-int", handles, 3, "got-int\n"),
+        ("test-script-int2", "echo ready; exec sleep 60", 130, ""),
+    ):
+        script = tmp_path / f"{name}.sh"
+        assert ctrsh.run("export", ctrsh.recipe(inside_recipe(name, body)), "-o", str(script)).returncode == 0
+        proc = subprocess.Popen(["bash", str(script)], env=ctrsh.env, stdout=subprocess.PIPE, text=True,
+                                start_new_session=True)  # fmt: skip
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: to the whole foreground group
+        assert proc.wait(timeout=30) == code
+        assert proc.stdout.read() == out
 
 
 @pytest.mark.parametrize("delay", [0.05, 0.15, 0.25, 0.35, 0.45])

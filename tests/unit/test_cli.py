@@ -58,7 +58,8 @@ def test_bad_recipe_runs_nothing(tmp_path: Path, spy_path: tuple[dict[str, str],
     r = ctrsh("apply", str(bad), env=env)
     assert (r.returncode, r.stdout) == (2, "")
     assert (
-        r.stderr == f"{bad}:4:1: unknown key 'network' (known: name, rootfs, process, hostname, namespaces, security)\n"
+        r.stderr
+        == f"{bad}:4:1: unknown key 'network' (known: name, rootfs, process, hostname, namespaces, security, resources)\n"
     )
     assert not log.exists() and not (tmp_path / "run").exists()
 

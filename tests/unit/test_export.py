@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 
@@ -46,4 +47,4 @@ def test_same_commands_as_the_plan() -> None:
     assert positions == sorted(positions)
     for step in plan.steps:
         if step.undo_command:
-            assert step.undo_command in text
+            assert f"undo {shlex.quote(step.undo_command)}\n" in text

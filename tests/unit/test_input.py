@@ -33,7 +33,7 @@ CASES = [
     ("tag on a mapping", "name: x\nrootfs: !!map {busybox: {}}\nprocess: {args: [a]}\n",
      "r.yaml:2:9: YAML tags are not allowed (!!map): a recipe holds plain values only"),
     ("merge key", R + "base: &b {args: [a]}\nprocess: {<<: *b}\n",
-     "r.yaml:3:1: unknown key 'base' (known: name, rootfs, process, hostname, namespaces, security)\n"
+     "r.yaml:3:1: unknown key 'base' (known: name, rootfs, process, hostname, namespaces, security, resources)\n"
      "r.yaml:4:11: process: merge keys ('<<') are not supported: write the keys out"),
     ("escape in the text", "name: x\x1b[2J\n" + B,
      "r.yaml:1:8: control character '\\x1b' (U+001B ESCAPE): it could hide text; remove it"),
@@ -75,7 +75,7 @@ CASES = [
     ("a control character in a key", R + 'process: {args: [a], "k\\e": 1}\n',
      "r.yaml:3:22: process: a key contains the control character '\\x1b' (U+001B ESCAPE); remove it"),
     ("too many values after aliases", "x: &x a\n" + R + "process:\n  args: [a" + ", *x" * 10_001 + "]\n",
-     "r.yaml:1:1: unknown key 'x' (known: name, rootfs, process, hostname, namespaces, security)\n"
+     "r.yaml:1:1: unknown key 'x' (known: name, rootfs, process, hostname, namespaces, security, resources)\n"
      "r.yaml:1:4: more than 10000 values (each use of an alias counts): refused"),
 ]  # fmt: skip
 
@@ -159,7 +159,7 @@ def test_size_cap_is_exact(tmp_path: Path) -> None:
 
 # The corpus both validators see: (recipe, valid?). Left to the loader alone, as JSON Schema cannot
 # say them: the kernel's byte limits (MAX_ARG_STRLEN, the 1 MiB total), an rlimit's soft <= hard,
-# a UID over 4294967294 written as text, and the host's facts (cgroup namespaces).
+# a UID over 4294967294 written as text, a size's minimum (6M), and the host's facts (cgroup namespaces).
 CORPUS = [
     (R + "process: {args: [a]}\n", True),
     (R + "process: {args: [sleep, 300]}\n", True),
@@ -230,6 +230,16 @@ CORPUS = [
     (B + "name: x\nsecurity: {no_new_privileges: 1}\n", False),
     (B + "name: x\nsecurity:\n", True),
     (R + "process: {args: [a], terminal: true}\n", True),
+    (B + "name: x\nresources: {memory: 256M, cpus: 1.5, pids: 64, cpu_weight: 100}\n", True),
+    (B + "name: x\nresources: {memory: 268435456, memory_swap: -1}\n", True),
+    (B + "name: x\nresources: {memory: lots}\n", False),
+    (B + "name: x\nresources: {memory: }\n", True),
+    (B + "name: x\nresources: {cpus: 0}\n", False),
+    (B + "name: x\nresources: {cpus: '2'}\n", False),
+    (B + "name: x\nresources: {pids: 0}\n", False),
+    (B + "name: x\nresources: {cpu_weight: 10001}\n", False),
+    (B + "name: x\nresources: {memory_swap: 1G}\n", True),
+    (B + "name: x\nresources:\n", True),
     ("name: x\nrootfs: {busybox: {}}\nprocess: [a]\n", False),
 ]
 

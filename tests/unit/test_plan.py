@@ -71,7 +71,7 @@ def test_without_net_and_uts_nothing_touches_them() -> None:
     plan = plan_of(BASE + "namespaces: [mount, pid]\n")
     text = "\n".join(s.command for s in plan.steps)
     assert "netns" not in text and "--net" not in text and "hostname" not in text and "--uts" not in text
-    assert {s.phase for s in plan.steps} == {"rootfs", "namespaces", "filesystem", "security", "process"}
+    assert {s.phase for s in plan.steps} == {"rootfs", "namespaces", "filesystem", "cgroups", "security", "process"}
 
 
 def test_every_host_change_has_an_undo() -> None:

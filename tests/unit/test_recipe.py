@@ -112,6 +112,6 @@ def test_json_schema_matches_the_loader() -> None:
     json.dumps(s)
     assert s["required"] == ["name", "rootfs", "process"]
     assert s["additionalProperties"] is False
-    assert set(s["properties"]) == {"name", "rootfs", "process", "hostname", "namespaces", "security"}
+    assert set(s["properties"]) == {"name", "rootfs", "process", "hostname", "namespaces", "security", "resources"}
     assert s["properties"]["namespaces"]["items"]["enum"] == ["mount", "uts", "ipc", "pid", "net", "cgroup"]
     assert s["properties"]["rootfs"]["maxProperties"] == 1
