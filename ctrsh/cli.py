@@ -50,10 +50,11 @@ DataDir = Annotated[
 def _plan(recipe_path: str, state_dir: str | None, data_dir: str | None) -> tuple[Plan, Facts]:
     from .compile import compile_plan
     from .facts import detect
+    from .hostfiles import gather
     from .recipe import load
 
     recipe = load(recipe_path)  # first: a bad recipe is reported before anything about the host
-    facts = detect(state_dir, data_dir)
+    facts = gather(recipe, detect(state_dir, data_dir))  # the files the recipe names: host facts too
     return compile_plan(recipe, facts), facts
 
 
@@ -145,6 +146,62 @@ def destroy(
         failed = engine.undo_all(journal, Trace(), paths.nsfile("mnt") if ours else "")
     if failed or refused:
         raise CtrshError("teardown incomplete:\n" + "\n".join(refused + failed))
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+@app.command()
+def images(state_dir: StateDir = None, data_dir: DataDir = None) -> None:
+    """List cached images: name, source, size, created, containers using it."""
+    import time
+
+    from .facts import detect
+    from .images import listing
+
+    rows = [("NAME", "SIZE", "CREATED", "USED BY", "SOURCE")]
+    for im in listing(detect(state_dir, data_dir)):
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(im.created))
+        rows.append((im.name, _size(im.size), created, ",".join(im.used_by) or "-", im.source))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+
+
+@app.command()
+def rmi(
+    name: Annotated[str, typer.Argument(help="Image name, as `ctrsh images` shows it.")],
+    state_dir: StateDir = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Remove a cached image; refused while a container uses it."""
+    from . import preflight
+    from .facts import detect
+    from .images import remove
+
+    preflight.require_root("rmi")
+    print(f"removed {remove(detect(state_dir, data_dir), name)}")
+
+
+@app.command()
+def volumes(data_dir: DataDir = None) -> None:
+    """List named volumes (kept in the data dir after their containers are gone)."""
+    from .facts import detect
+    from .images import du
+
+    base = f"{detect(None, data_dir).data_dir}/volumes"
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        names = []
+    print(f"{'NAME':<24}  {'SIZE':>10}  PATH")
+    for n in names:
+        print(f"{n:<24}  {_size(du(f'{base}/{n}')):>10}  {base}/{n}")
 
 
 @app.command()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from .errors import Problem, RecipeError
 from .facts import Facts, Paths
+from .hostfiles import TAR_SUFFIXES
 from .phases import Context, cgroups, filesystem, namespaces, network, process, rootfs, security
 from .plan import Plan
-from .recipe import ALL_NAMESPACES, Recipe
+from .recipe import ALL_NAMESPACES, VOLUME_RE, Recipe
 
 PHASE_MODULES = (rootfs, namespaces, filesystem, network, cgroups, security, process)
 
@@ -28,6 +29,7 @@ def resolve(recipe: Recipe, facts: Facts) -> Context:
             )
         hostname = None
     problems += cgroups.check(recipe, facts)
+    problems += image_problems(recipe, facts) + mount_problems(recipe, facts)
     if problems:
         raise RecipeError(problems)
     return Context(recipe, facts, Paths(facts, recipe.name), kinds, hostname)
@@ -45,3 +47,81 @@ def compile_plan(recipe: Recipe, facts: Facts) -> Plan:
 def printable(text: str) -> str:
     """The recipe path goes into comments: a newline in a file name must not start a command line."""
     return "".join(c if c.isprintable() else "?" for c in text)
+
+
+LAYER_BAD = ",:\"'\\"  # overlayfs and mount(8) read these in a layer path: see facts.check_dir
+
+
+def image_problems(recipe: Recipe, facts: Facts) -> list[Problem]:
+    """The rootfs source against the host facts: the file or dir exists, a tarball stays inside."""
+    r, files, out = recipe.rootfs, facts.files, []
+    if r.tarball:
+        path = files.host_path(r.tarball.path)
+        kind = files.kinds.get(path, "missing")
+        fact = files.tarballs.get(path)
+        at = "rootfs.tarball.path"
+        if not path.endswith(TAR_SUFFIXES):
+            out.append(recipe.problem(at, f"{path!r} is not a .tar, .tar.gz, .tar.xz or .tar.zst file name"))
+        elif kind != "file":
+            out.append(recipe.problem(at, f"{path!r} " + ("does not exist" if kind == "missing" else "is not a file")))
+        elif fact is None or fact.problem:
+            why = fact.problem if fact else "not read"
+            out.append(recipe.problem(at, f"tarball refused: {why}; nothing was unpacked"))
+    if r.directory:
+        path = files.host_path(r.directory.path)
+        kind = files.kinds.get(path, "missing")
+        at = "rootfs.directory.path"
+        if kind != "dir":
+            out.append(
+                recipe.problem(at, f"{path!r} " + ("does not exist" if kind == "missing" else "is not a directory"))
+            )
+        elif path == "/" or any(ch in path for ch in LAYER_BAD) or any(ch.isspace() for ch in path):
+            out.append(
+                recipe.problem(
+                    at,
+                    f"{path!r} cannot be an overlay layer: it must not be '/' or contain ',', ':', "
+                    "quotes, backslashes or white space",
+                )
+            )
+    return out
+
+
+ETC_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
+
+
+def mount_problems(recipe: Recipe, facts: Facts) -> list[Problem]:
+    out: list[Problem] = []
+    seen: dict[str, int] = {}
+    for i, m in enumerate(recipe.mounts):
+        at = f"mounts[{i}]"
+
+        def bad(key: str, message: str, at: str = at) -> None:
+            out.append(recipe.problem(f"{at}.{key}", f"{at}.{key}: {message}"))
+
+        if m.type == "tmpfs":
+            if m.source is not None:
+                bad("source", "a tmpfs has no source")
+            if m.readonly:
+                bad("readonly", "a read-only tmpfs would stay empty; use a read-only bind or volume")
+        else:
+            if m.size is not None or m.mode is not None:
+                bad("size" if m.size is not None else "mode", f"size and mode are for tmpfs, not {m.type}")
+            if m.source is None:
+                out.append(recipe.problem(at, f"{at}: missing required key 'source' for a {m.type} mount"))
+            elif m.type == "volume" and not VOLUME_RE.fullmatch(m.source):
+                bad("source", f"{m.source!r} is not a volume name (letters, digits, '_', '.', '-'; at most 64)")
+            elif m.type == "bind":
+                path = facts.files.host_path(m.source)
+                kind = facts.files.kinds.get(path, "missing")
+                if kind == "missing":
+                    bad("source", f"{path!r} does not exist on the host (ctrsh never creates a bind source)")
+                elif kind == "other":
+                    bad("source", f"{path!r} is neither a directory nor a regular file")
+        if m.target in seen:
+            bad("target", f"{m.target!r} is already the target of mounts[{seen[m.target]}]")
+        seen.setdefault(m.target, i)
+        if m.target in ETC_FILES or m.target == "/etc":
+            bad("target", f"{m.target!r} is the container's own, made by ctrsh (see `dns:` for resolv.conf)")
+        if problem := facts.files.target_problems.get(m.target):
+            bad("target", problem)
+    return out

@@ -46,6 +46,22 @@ def run_step(argv: Argv) -> None:
         raise StepFailed(_failure(argv, "command not found", b"")) from None
 
 
+def run_live(argv: Argv) -> None:
+    """Run a long step (an image build) with its own output shown live on stderr, as its progress.
+
+    Not in a session of its own: Ctrl-C reaches it, so minutes of download can
+    be interrupted (the journaled undo then removes the half-made work dir).
+    """
+    import subprocess
+
+    try:
+        code = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), check=False).returncode
+    except FileNotFoundError:
+        raise StepFailed(_failure(argv, "command not found", b"")) from None
+    if code != 0:
+        raise StepFailed(_failure(argv, f"exit code {code}", b"(its output is above)"))
+
+
 def _failure(argv: Argv, how: str, output: bytes) -> str:
     lines = output.decode(errors="replace").rstrip().splitlines()[-TAIL_LINES:]
     detail = "".join(f"\n    {line}" for line in lines)
@@ -120,7 +136,7 @@ def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace, oom_coun
                         say(line)
                 else:
                     try:
-                        run_step(step.argv)
+                        (run_live if step.progress else run_step)(step.argv)
                     except StepFailed as e:
                         signals.check()  # the step died of the user's Ctrl-C: that is an interruption
                         raise StepFailed(f"step {index} of {len(plan.steps)} failed ({step.phase}): {e}") from None

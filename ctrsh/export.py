@@ -94,15 +94,19 @@ stop_container() {{
   done
 }}
 # Run the container in the background and wait, so that a signal's trap runs at once.
+# (errexit is off meanwhile: bash 5.2 exits when a trap interrupts `wait` under set -e, even in an `if`.)
 run_container() {{
   local rc
   "$@" <&0 &
   container=$!
+  set +e
   while :; do
-    if wait "$container"; then rc=0; else rc=$?; fi
+    wait "$container"
+    rc=$?
     if ! kill -0 "$container" 2>/dev/null; then break; fi
     if ((stop)); then stop_container; sleep 0.05; fi  # it may still be entering its namespaces
   done
+  set -e
   container=0
   return "$rc"
 }}

@@ -8,9 +8,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import UsageError
+from .hostfiles import HostFiles
+
+DEV_TEMPLATE_VERSION = 2  # bump whenever rootfs.dev_template's contents change
 
 STATE_ENV, DATA_ENV = "CTRSH_STATE_DIR", "CTRSH_DATA_DIR"
 DEFAULT_STATE, DEFAULT_DATA = "/run/ctrsh", "/var/lib/ctrsh"
@@ -45,6 +48,9 @@ class Facts:
     busybox: str = "/bin/busybox"  # the host's static busybox, copied into the busybox image
     cgroup_ns: bool = True  # the kernel has cgroup namespaces
     cgroups: CgroupFacts = CgroupFacts()  # default: these machines, cgroup v1 (hybrid)
+    apt_mirror: str = "http://deb.debian.org/debian"  # the host's Debian archive, debootstrap's default
+    resolv_conf: str = "nameserver 192.0.2.53\n"  # the host's /etc/resolv.conf text ("" if none)
+    files: HostFiles = field(default_factory=HostFiles)  # what the recipe names on the host (hostfiles.gather)
     # The trusted host tools PID 1 runs after pivot_root, from copies on a private tmpfs: setpriv,
     # the shared libraries it loads and their loader (from `ldd`, they differ per host and arch).
     setpriv: str = "/usr/bin/setpriv"
@@ -109,10 +115,27 @@ class Paths:
 
     @property
     def dev_template(self) -> str:
-        return f"{self.facts.data_dir}/dev"
+        # Versioned: a template cached by an older ctrsh (without /dev/mqueue, say) is not reused.
+        return f"{self.facts.data_dir}/dev-{DEV_TEMPLATE_VERSION}"
 
     def image(self, kind: str) -> str:
         return f"{self.facts.data_dir}/images/{kind}"
+
+    @property
+    def images(self) -> str:
+        return f"{self.facts.data_dir}/images"
+
+    @property
+    def volumes(self) -> str:
+        return f"{self.facts.data_dir}/volumes"
+
+    def volume(self, name: str) -> str:
+        return f"{self.volumes}/{name}"
+
+    @property
+    def etc(self) -> str:
+        """Per-container /etc/hostname, hosts, resolv.conf, bind-mounted over the image's."""
+        return f"{self.state}/etc"
 
 
 def check_dir(path: str, what: str) -> str:
@@ -178,6 +201,8 @@ def detect(state_dir: str | None = None, data_dir: str | None = None) -> Facts:
         busybox=shutil.which("busybox", path="/usr/bin:/bin:/usr/sbin:/sbin") or "/bin/busybox",
         cgroup_ns=os.path.exists("/proc/self/ns/cgroup"),
         cgroups=cgroups,
+        apt_mirror=host_mirror(),
+        resolv_conf=read_text("/etc/resolv.conf"),
     )
 
 
@@ -217,3 +242,42 @@ def _v2() -> CgroupFacts:
     mounts = tuple((k, CGROUP_ROOT) for k in CGROUP_V2_CONTROLLERS if k in offered)
     # memory.swap.max comes with the memory controller where the kernel accounts swap (Debian's does)
     return CgroupFacts(version=2, mounts=mounts, swap="memory" in offered)
+
+
+DEBIAN_FALLBACK = "http://deb.debian.org/debian"
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(65536)
+    except OSError:
+        return ""
+
+
+def host_mirror() -> str:
+    """The first Debian archive in the host's apt sources (one-line or deb822), else deb.debian.org."""
+    import glob
+
+    from .recipe import MIRROR_RE
+
+    uris: list[str] = []
+    for line in read_text("/etc/apt/sources.list").splitlines():
+        words = line.split("#")[0].split()
+        if words[:1] == ["deb"]:
+            uris += [w for w in words[1:] if "://" in w][:1]
+    for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+        for line in read_text(path).splitlines():
+            if line.startswith("URIs:"):
+                uris += line.split()[1:2]
+    for path in sorted(glob.glob("/etc/apt/sources.list.d/*.list")):
+        for line in read_text(path).splitlines():
+            words = line.split("#")[0].split()
+            if words[:1] == ["deb"]:
+                uris += [w for w in words[1:] if "://" in w][:1]
+    # The main archive, not -security or a third party's: its path ends in /debian (or /ubuntu).
+    for uri in uris:
+        uri = uri.rstrip("/")
+        if uri.rsplit("/", 1)[-1] in ("debian", "ubuntu") and MIRROR_RE.fullmatch(uri):
+            return uri
+    return DEBIAN_FALLBACK

@@ -93,9 +93,6 @@ def trusted_dir(path: str) -> str | None:
     return None
 
 
-_IMAGE_TMP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.tmp")
-
-
 def known_undo(undo: Argv, paths: Paths) -> bool:
     """Is this an undo ctrsh's phases make for this container (or its image builds)?
 
@@ -110,7 +107,6 @@ def known_undo(undo: Argv, paths: Paths) -> bool:
         ("umount", "--recursive", paths.ns),
         ("ip", "netns", "delete", paths.netns),
         (*rm, paths.layer),
-        (*rm, f"{paths.dev_template}.tmp"),
     }
     from .phases import cgroups
 
@@ -118,9 +114,12 @@ def known_undo(undo: Argv, paths: Paths) -> bool:
     exact.add(("sh", "-c", cgroups.RMDIR_UNUSED, "ctrsh-rmdir", *cgroups.parents(f)))
     if undo in exact:
         return True
-    images = f"{f.data_dir}/images/"
-    if len(undo) == 4 and undo[:3] == rm and undo[3].startswith(images):
-        return bool(_IMAGE_TMP.fullmatch(undo[3][len(images) :]))
+    # A build's work dir: IMAGE.tmp or IMAGE.tmp-NAME, in the images dir or (the /dev template) the data dir.
+    if len(undo) == 4 and undo[:3] == rm:
+        parent, _, base = undo[3].rpartition("/")
+        work = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*\.tmp(-(?P<name>[a-z0-9-]+))?", base)
+        if work and work.group("name") in (None, paths.name):
+            return parent in (f.data_dir, f"{f.data_dir}/images")
     return False
 
 

@@ -65,6 +65,7 @@ class Step:
     creates: str | None = None  # skip the step when this path exists
     keep: bool = False  # with creates: the result is kept for reuse (an image); once made, its undos lapse
     foreground: bool = False  # the container itself: user's terminal, its exit code is ours
+    progress: bool = False  # long-running (an image build): its own output is shown live on stderr
 
     @property
     def command(self) -> str:

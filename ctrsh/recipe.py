@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
+import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -220,12 +222,126 @@ class Busybox:
     built once into ctrsh's data dir with relative applet links, then shared read-only."""
 
 
+SUITE_RE = re.compile(r"[a-z][a-z0-9.-]{0,31}")
+PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1
+MIRROR_RE = re.compile(r"(https?|file)://[^\s,'\"\\]+")
+VOLUME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+TMPFS_SIZE_RE = re.compile(r"[1-9][0-9]{0,11}[kKmMgG]?")
+MODE_RE = re.compile(r"[0-7]{3,4}")
+
+
+def check_suite(value: str) -> str | None:
+    return None if SUITE_RE.fullmatch(value) else f"{value!r} is not a Debian suite name (e.g. bookworm, trixie)"
+
+
+def check_packages(value: list[str]) -> str | None:
+    bad = [p for p in value if not PACKAGE_RE.fullmatch(p)]
+    return f"{bad[0]!r} is not a Debian package name" if bad else None
+
+
+def check_mirror(value: str) -> str | None:
+    if not MIRROR_RE.fullmatch(value):
+        return f"{value!r} is not a mirror URL (http://, https:// or file://, no spaces, commas or quotes)"
+    return None
+
+
+def check_host_path(value: str) -> str | None:
+    if not value:
+        return "is empty"
+    return None
+
+
+@dataclass(frozen=True)
+class Debootstrap:
+    """A Debian (or Ubuntu) root filesystem made by debootstrap, built once and cached by its parameters."""
+
+    suite: str = field(metadata={"doc": "The release, e.g. bookworm.", "check": check_suite})
+    variant: Literal["minbase", "buildd", "fakechroot", "-"] = field(
+        default="minbase", metadata={"doc": "debootstrap --variant ('-' for debootstrap's default set)."}
+    )
+    include: list[str] = field(
+        default_factory=list, metadata={"doc": "Extra packages (debootstrap --include).", "check": check_packages}
+    )
+    mirror: str | None = field(
+        default=None,
+        metadata={"doc": "Archive URL. Default: the host's apt sources, else deb.debian.org.", "check": check_mirror},
+    )
+
+
+@dataclass(frozen=True)
+class Tarball:
+    """A root filesystem archive (.tar, .tar.gz, .tar.xz, .tar.zst), e.g. from `docker export`;
+    unpacked once into a cached image keyed by the file's content hash."""
+
+    path: str = field(
+        metadata={"doc": "The archive on the host (relative to the recipe's directory).", "check": check_host_path}
+    )
+
+
+@dataclass(frozen=True)
+class Directory:
+    """An existing root filesystem directory, used as the read-only lower layer; never written or deleted."""
+
+    path: str = field(
+        metadata={"doc": "The directory on the host (relative to the recipe's directory).", "check": check_host_path}
+    )
+
+
 @dataclass(frozen=True)
 class Rootfs:
     """Where the container's root filesystem comes from. Set exactly one source."""
 
     one_of: ClassVar[bool] = True
     busybox: Busybox | None = field(default=None, metadata={"doc": "Build from the host's busybox-static."})
+    debootstrap: Debootstrap | None = field(default=None, metadata={"doc": "Build Debian with debootstrap."})
+    tarball: Tarball | None = field(default=None, metadata={"doc": "Unpack a root filesystem archive."})
+    directory: Directory | None = field(default=None, metadata={"doc": "Use a directory as the image."})
+
+
+def check_target(value: str) -> str | None:
+    if not value.startswith("/"):
+        return f"{value!r} must be an absolute path inside the container"
+    if ".." in value.split("/"):
+        return f"{value!r} must not contain '..'"
+    if value != "/" and (value.endswith("/") or "//" in value or "/./" in value or value.endswith("/.")):
+        return f"{value!r} is not normalised; write {posixpath.normpath(value)!r}"
+    if value == "/":
+        return "cannot mount over the root itself"
+    if value == "/proc" or value.startswith("/proc/"):
+        return f"{value!r}: /proc is mounted when the container starts and would hide it"
+    return None
+
+
+def check_size(value: str) -> str | None:
+    return None if TMPFS_SIZE_RE.fullmatch(value) else f"{value!r} is not a size: a number with k, m or g (e.g. 64M)"
+
+
+def check_mode(value: str) -> str | None:
+    return None if MODE_RE.fullmatch(value) else f'{value!r} is not an octal mode (e.g. "1777" or "755")'
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A volume: a host directory (bind), a named volume kept in ctrsh's data dir (volume), or a tmpfs."""
+
+    type: Literal["bind", "volume", "tmpfs"] = field(metadata={"doc": "bind, volume or tmpfs."})
+    target: str = field(metadata={"doc": "Absolute, normalised path inside the container.", "check": check_target})
+    source: str | None = field(
+        default=None,
+        metadata={"doc": "bind: an existing host path (relative to the recipe); volume: the volume's name."},
+    )
+    readonly: bool = field(default=False, metadata={"doc": "Mount read-only (bind and volume)."})
+    size: str | None = field(default=None, metadata={"doc": "tmpfs: size limit, e.g. 64M.", "check": check_size})
+    mode: str | None = field(default=None, metadata={"doc": 'tmpfs: octal mode, e.g. "1777".', "check": check_mode})
+
+
+def check_dns(value: list[str]) -> str | None:
+    for v in value:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            return f"{v!r} is not an IP address"
+    return None
 
 
 @dataclass(frozen=True)
@@ -462,6 +578,12 @@ class Recipe:
     )
     resources: Resources | None = field(
         default=None, metadata={"doc": "Resource limits (cgroups): cpus, cpu_weight, memory, memory_swap, pids."}
+    )
+    readonly: bool = field(default=False, metadata={"doc": "A read-only root filesystem: writes fail with EROFS."})
+    mounts: list[Mount] = field(default_factory=list, metadata={"doc": "Volumes: bind, named volume or tmpfs."})
+    dns: list[str] | None = field(
+        default=None,
+        metadata={"doc": "Nameservers for /etc/resolv.conf. Default: the host's, minus loopback.", "check": check_dns},
     )
     # Bookkeeping, not recipe keys: where each value was written (dotted path ->
     # line, col), so problems found after loading (in compile) still point at the text.

@@ -70,12 +70,20 @@ def _processes(marker: str) -> list[str]:
 
 
 def _data_residue(data_dir: str) -> list[str]:
-    """The data dir keeps its caches (the busybox image, the /dev template) and the empty
-    containers/ dir; anything else, such as a container's writable layer, is residue."""
+    """The data dir keeps its caches (published images with their .lock and .source, the /dev
+    template), the empty containers/ and volumes/ dirs; anything else, such as a container's
+    writable layer, a build's work dir or a named volume, is residue."""
     ls = lambda d: sorted(os.listdir(d)) if os.path.isdir(d) else []  # noqa: E731
-    images = [f"images/{n}" for n in ls(f"{data_dir}/images") if n != "busybox"]
+    images = [f"images/{n}" for n in ls(f"{data_dir}/images") if ".tmp-" in n or ".rm-" in n]
     layers = [f"containers/{n}" for n in ls(f"{data_dir}/containers")]
-    return [n for n in ls(data_dir) if n not in ("images", "dev", "containers")] + images + layers
+    volumes = [f"volumes/{n}" for n in ls(f"{data_dir}/volumes")]
+    kept = ("images", "containers", "volumes")
+    return (
+        [n for n in ls(data_dir) if n not in kept and not (n.startswith("dev-") and ".tmp-" not in n)]
+        + images
+        + layers
+        + volumes
+    )
 
 
 def snapshot(state_dir: str, data_dir: str) -> dict[str, object]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from .. import owner
 from ..plan import Argv, Step
 from ..recipe import Namespace
-from . import Context
+from . import Context, etcfiles, rootfs, volumes
 from .security import TOOLS
 
 # Where ctrsh itself mounts in every container: /proc, /dev, /sys, the tools and the old root.
@@ -22,8 +22,10 @@ def mountpoints(c: Context) -> tuple[list[str], list[str]]:
     """(directories, files) inside the rootfs that ctrsh mounts onto, each directory's parents
     listed before it, so that `mkdir` without -p makes them all with the mode it is given."""
     dirs: list[str] = []
-    files = list(FIXED_FILES)
-    for path in (*FIXED_DIRS, *(f.rsplit("/", 1)[0] for f in files)):
+    extra = [*volumes.mountpoints(c), *etcfiles.mountpoints(c)]  # the recipe's volumes, /etc/hosts...
+    files = [*FIXED_FILES, *(path for path, is_dir in extra if not is_dir)]
+    extra_dirs = [path for path, is_dir in extra if is_dir]
+    for path in (*FIXED_DIRS, *extra_dirs, *(f.rsplit("/", 1)[0] for f in files)):
         parts = path.strip("/").split("/")
         for i in range(1, len(parts) + 1):
             d = "/" + "/".join(parts[:i])
@@ -42,6 +44,7 @@ def steps(c: Context) -> list[Step]:
     containers = f"{c.facts.data_dir}/containers"
     dirs, files = mountpoints(c)
     nodev = "" if c.facts.device_cgroup else ",nodev"
+    ro = "ro," if c.recipe.readonly else ""
     if "net" in c.namespaces:
         sys_why = "/sys read-only, mounted from the container's network namespace so it lists only its interfaces."
     else:
@@ -72,17 +75,24 @@ def steps(c: Context) -> list[Step]:
             "Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper "
             "layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.",
         ),
-        Step(
-            "filesystem",
-            ("install", "-m", "0644", "/dev/null", *(f"{p.upper}{f}" for f in files)),
-            "Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, "
-            "and its loader must not load a library the image names there.",
+        *(
+            Step(
+                "filesystem",
+                ("install", "-m", "0644", "/dev/null", f"{p.upper}{f}"),  # one each: with more, the last is a dir
+                "Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, "
+                "and its loader must not load a library the image names there."
+                if f == "/etc/ld.so.preload"
+                else f"Likewise for {f}, mounted over.",
+            )
+            for f in files
         ),
+        *volumes.parent_modes(c, rootfs.lower_dir(c)),
         inside(
             ("mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={p.image('busybox')},upperdir={p.upper},workdir={p.work}{nodev}", root),
+             f"{ro}lowerdir={rootfs.lower_dir(c)},upperdir={p.upper},workdir={p.work}{nodev}", root),
             "Root filesystem: the shared image read-only below, this container's own writes above (upper)."
-            + ("" if not nodev else " nodev: without a device cgroup, no device node on it may be opened."),
+            + ("" if not nodev else " nodev: without a device cgroup, no device node on it may be opened.")
+            + (" Mounted read-only (readonly: true): writes fail with EROFS." if c.recipe.readonly else ""),
         ),
         inside(
             ("mount", "-t", "tmpfs", "-o", "nosuid,strictatime,mode=0755,size=65536k", "tmpfs", f"{root}/dev"),
@@ -107,4 +117,5 @@ def steps(c: Context) -> list[Step]:
             "ipc",
         ),
         inside(("mount", "-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", f"{root}/sys"), sys_why, "net"),
+        *rootfs.record_image(c), *volumes.steps(c), *etcfiles.steps(c),
     ]  # fmt: skip

@@ -1,12 +1,18 @@
 """Phase rootfs: provide the image the container's root filesystem is made from.
 
-Images are built once into the data dir and reused: every step here `creates`
-the image path, so a second apply skips them all. The build happens in
-IMAGE.tmp and is renamed at the end, so a half-built image is never used.
+Images (busybox, debootstrap, tarball) are built once into DATA/images and
+reused: every step here `creates` the image path, so a second apply skips them
+all. Each build happens in a work dir of its own (IMAGE.tmp-CONTAINER) and is
+published by one rename under the image's flock, so a half-built image is
+never used and two first builds at once give one good image. A `directory`
+source is used in place and never touched.
 """
 
 from __future__ import annotations
 
+import os
+
+from .. import images
 from ..plan import Argv, Step
 from . import Context
 
@@ -29,44 +35,195 @@ for p in $(bin/busybox --list-full); do
   [ -e "$p" ] || ln -s "$t" "$p"
 done"""
 
-# Enough account data for `id`, `ps` and `ls -l` to show names.
-WRITE_ETC = r"""printf "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n" >"$1/etc/passwd"
+# Enough account data for `id`, `ps` and `ls -l` to show names. umask 022: the
+# image's modes are its own, not whatever umask ctrsh was started with.
+WRITE_ETC = r"""umask 022
+printf "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n" >"$1/etc/passwd"
 printf "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n" >"$1/etc/group"
 """
 
-LAYOUT = ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "etc", "root", "tmp")
+# Every dir named (parents too, so none is made with the builder's umask).
+LAYOUT = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "etc", "root", "tmp")
+
+# Under the image's lock: the first complete build is published (one rename),
+# a build that finishes second finds the image there and throws its own away.
+# $1 = this build's work dir, $2 = the image, $3 = what it was built from.
+PUBLISH = """if [ ! -e "$2" ]; then
+  printf "%s\\n" "$3" >"$2.source"
+  mv -T "$1/rootfs" "$2"
+fi
+rm -rf --one-file-system "$1"
+"""
 
 
 def steps(c: Context) -> list[Step]:
-    return busybox_image(c) + dev_template(c)
+    r = c.recipe.rootfs
+    if r.debootstrap:
+        image = debootstrap_image(c)
+    elif r.tarball:
+        image = tarball_image(c)
+    elif r.directory:
+        image = []  # used in place, read-only: nothing to build, nothing ever written there
+    else:
+        image = busybox_image(c)
+    builds = [s for s in image + dev_template(c) if s.argv[:2] == ("mkdir", "-m") and s.undo]
+    # A build that lost the race (another apply published first) has its remaining steps skipped,
+    # its publish too: its work dir goes here, after the builds, whatever happened.
+    sweep = Step(
+        "rootfs",
+        ("rm", "-rf", "--one-file-system", *(s.argv[3] for s in builds)),
+        "Remove this apply's build work dirs, left behind if another apply published the same image first.",
+    )
+    return image + dev_template(c) + [sweep]
+
+
+def lower_dir(c: Context) -> str:
+    """The overlay's read-only lower layer: the cached image, or the recipe's directory."""
+    lower = images.lower_dir(c.recipe, c.facts, c.paths)
+    assert lower is not None
+    return lower
+
+
+def record_image(c: Context) -> list[Step]:
+    """Note in the container's state which image it uses, so `ctrsh rmi` refuses to remove it."""
+    return [
+        Step(
+            "filesystem",
+            ("sh", "-c", 'printf "%s\\n" "$2" >"$1"', "ctrsh-record", f"{c.paths.state}/image", lower_dir(c)),
+            "Record which image this container is made from: `ctrsh rmi` refuses to remove an image in use.",
+        )
+    ]
+
+
+class Build:
+    """The steps that build one cached image in a work dir of this container's own, then publish it."""
+
+    def __init__(self, c: Context, name: str, image: str | None = None) -> None:
+        self.c = c
+        self.image = image or c.paths.image(name)
+        self.work = f"{self.image}.tmp-{c.recipe.name}"  # unique: one container of a name at a time
+        self.rootfs = f"{self.work}/rootfs"
+
+    def step(self, argv: Argv, why: str, undo: Argv | None = None, progress: bool = False) -> Step:
+        return Step("rootfs", argv, why, undo=undo, creates=self.image, keep=True, progress=progress)
+
+    def start(self, what: str) -> list[Step]:
+        return [
+            self.step(("mkdir", "-p", os.path.dirname(self.image)), "Where built results are kept (made once)."),
+            self.step(
+                ("rm", "-rf", "--one-file-system", self.work),
+                "Clear what an earlier, interrupted build by this container name may have left.",
+            ),
+            self.step(
+                ("mkdir", "-m", "0755", self.work, self.rootfs),
+                f"Build {what} in a work dir of this container's own, beside its final place; "
+                "a build cut short is never used.",
+                undo=("rm", "-rf", "--one-file-system", self.work),
+            ),
+        ]
+
+    def publish(self, source: str) -> list[Step]:
+        return [
+            self.step(
+                ("flock", f"{self.image}.lock", "sh", "-c", PUBLISH, "ctrsh-publish", self.work, self.image, source),
+                "Publish the finished build in one rename, under its lock: if another apply published "
+                "it first, keep theirs and drop this copy. Later applies reuse it.",
+            )
+        ]
 
 
 def busybox_image(c: Context) -> list[Step]:
-    image = c.paths.image("busybox")
-    tmp = f"{image}.tmp"
-
-    def build(argv: Argv, why: str, undo: Argv | None = None) -> Step:
-        return Step("rootfs", argv, why, undo=undo, creates=image, keep=True)
-
+    b = Build(c, "busybox")
+    tmp = b.rootfs
     return [
-        build(("rm", "-rf", "--one-file-system", tmp), "Clear what an earlier, interrupted build may have left."),
-        build(
-            ("mkdir", "-p", *(f"{tmp}/{d}" for d in LAYOUT)),
-            "Lay out a new busybox image beside its final place, renamed into place when complete.",
-            undo=("rm", "-rf", "--one-file-system", tmp),
+        *b.start("a busybox image"),
+        b.step(
+            ("mkdir", "-m", "0755", *(f"{tmp}/{d}" for d in LAYOUT)),
+            "The usual top-level dirs, mode 0755 whatever the umask ctrsh runs with.",
         ),
-        build(("chmod", "1777", f"{tmp}/tmp"), "/tmp is writable by all, with the sticky bit, as on any Linux."),
-        build(
-            ("cp", c.facts.busybox, f"{tmp}/bin/busybox"),
+        b.step(("chmod", "1777", f"{tmp}/tmp"), "/tmp is writable by all, with the sticky bit, as on any Linux."),
+        b.step(
+            ("install", "-m", "0755", c.facts.busybox, f"{tmp}/bin/busybox"),
             "A static busybox needs no libraries: this one file is every command in the image.",
         ),
-        build(
+        b.step(
             ("sh", "-c", LINK_APPLETS, "ctrsh-link", tmp),
             "One relative symlink per applet (usr/bin/env -> ../../bin/busybox), valid wherever the tree is mounted.",
         ),
-        build(("sh", "-c", WRITE_ETC, "ctrsh-etc", tmp), "Minimal /etc/passwd and /etc/group, so tools show names."),
-        build(("mv", "-T", tmp, image), "Publish the finished image in one rename; later applies reuse it."),
+        b.step(("sh", "-c", WRITE_ETC, "ctrsh-etc", tmp), "Minimal /etc/passwd and /etc/group, so tools show names."),
+        *b.publish("busybox"),
     ]
+
+
+# debootstrap under umask 022 (its own files' modes, not the caller's umask),
+# in a mount namespace of its own: the /proc and /sys it mounts in the target
+# vanish with it, even if it is killed half-way.
+DEBOOTSTRAP = 'umask 022; exec debootstrap "$@"'
+
+
+def debootstrap_image(c: Context) -> list[Step]:
+    d = c.recipe.rootfs.debootstrap
+    assert d is not None
+    name = images.image_name(c.recipe.rootfs, c.facts)
+    assert name is not None
+    b = Build(c, name)
+    mirror = d.mirror or c.facts.apt_mirror
+    opts = [] if d.variant == "-" else [f"--variant={d.variant}"]
+    if d.include:
+        opts.append(f"--include={','.join(sorted(set(d.include)))}")
+    return [
+        *b.start(f"Debian {d.suite}"),
+        b.step(
+            ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", DEBOOTSTRAP, "ctrsh-debootstrap",
+             *opts, d.suite, b.rootfs, mirror),
+            f"Download and unpack Debian {d.suite} ({d.variant}) from {mirror}; debootstrap prints each stage. "
+            "Built once: later applies reuse the image.",
+            progress=True,
+        ),
+        b.step(
+            ("find", f"{b.rootfs}/var/cache/apt/archives", "-xdev", "-name", "*.deb", "-type", "f", "-delete"),
+            "Drop the downloaded .deb files: installed, they only take space in every copy of the image.",
+        ),
+        *b.publish(images.source_text(c.recipe.rootfs, c.facts)),
+    ]  # fmt: skip
+
+
+def tar_flag(path: str) -> str:
+    if path.endswith((".tar.gz", ".tgz")):
+        return "--gzip"
+    if path.endswith((".tar.xz", ".txz")):
+        return "--xz"
+    if path.endswith((".tar.zst", ".tzst")):
+        return "--zstd"
+    return "--no-auto-compress"
+
+
+def tarball_image(c: Context) -> list[Step]:
+    t = c.recipe.rootfs.tarball
+    assert t is not None
+    path = c.facts.files.host_path(t.path)
+    fact = c.facts.files.tarballs.get(path)
+    digest = fact.sha256 if fact and fact.sha256 else "0" * 64
+    name = images.image_name(c.recipe.rootfs, c.facts)
+    assert name is not None
+    b = Build(c, name)
+    archive = f"{b.work}/archive"
+    return [
+        *b.start(f"the image of {path}"),
+        b.step(("cp", path, archive), "A private copy of the archive: what is checked is what is unpacked."),
+        b.step(
+            ("sh", "-c", 'printf "%s  %s\\n" "$1" "$2" | sha256sum --check --quiet --strict -', "ctrsh-verify",
+             digest, archive),
+            "The copy must be the file whose every entry was checked before compiling (same sha256), "
+            "not one swapped in since.",
+        ),
+        b.step(
+            ("tar", "--extract", tar_flag(path), "--numeric-owner", "--same-owner", "--same-permissions",
+             "--file", archive, "--directory", b.rootfs),
+            "Unpack with the archive's own owners (numeric, not mapped through the host's names) and modes.",
+        ),
+        *b.publish(images.source_text(c.recipe.rootfs, c.facts)),
+    ]  # fmt: skip
 
 
 def dev_template(c: Context) -> list[Step]:
@@ -74,29 +231,24 @@ def dev_template(c: Context) -> list[Step]:
 
     Copying a template (`cp -a`) is one command per container instead of a
     dozen; the nodes themselves are made here, where a learner can see them.
+    Built and published like an image (own work dir, rename under a lock).
     """
-    dev = c.paths.dev_template
-    tmp = f"{dev}.tmp"
-
-    def build(argv: Argv, why: str, undo: Argv | None = None) -> Step:
-        return Step("rootfs", argv, why, undo=undo, creates=dev, keep=True)
-
+    b = Build(c, "dev", image=c.paths.dev_template)
+    tmp = b.rootfs
     out = [
-        build(("rm", "-rf", "--one-file-system", tmp), "Clear what an earlier, interrupted build may have left."),
-        build(
-            ("mkdir", "-p", f"{tmp}/pts", f"{tmp}/shm", f"{tmp}/mqueue"),
-            "A template for /dev, with mount points for ptys, shared memory and message queues.",
-            undo=("rm", "-rf", "--one-file-system", tmp),
+        *b.start("a template for /dev"),
+        b.step(
+            ("mkdir", "-m", "0755", f"{tmp}/pts", f"{tmp}/shm", f"{tmp}/mqueue"),
+            "Mount points for ptys, shared memory and message queues; the template's own mode 0755 becomes /dev's.",
         ),
     ]
     for name, major, minor in DEVICES:
         out.append(
-            build(
+            b.step(
                 ("mknod", "-m", "666", f"{tmp}/{name}", "c", str(major), str(minor)),
                 f"/dev/{name}: character device {major}:{minor}, one of the six devices every container gets.",
             )
         )
     for target, name in DEV_LINKS:
-        out.append(build(("ln", "-s", target, f"{tmp}/{name}"), f"/dev/{name} -> {target}, as on any Linux."))
-    out.append(build(("mv", "-T", tmp, dev), "Publish the /dev template in one rename."))
-    return out
+        out.append(b.step(("ln", "-s", target, f"{tmp}/{name}"), f"/dev/{name} -> {target}, as on any Linux."))
+    return out + b.publish("dev template")

@@ -74,15 +74,19 @@ stop_container() {
   done
 }
 # Run the container in the background and wait, so that a signal's trap runs at once.
+# (errexit is off meanwhile: bash 5.2 exits when a trap interrupts `wait` under set -e, even in an `if`.)
 run_container() {
   local rc
   "$@" <&0 &
   container=$!
+  set +e
   while :; do
-    if wait "$container"; then rc=0; else rc=$?; fi
+    wait "$container"
+    rc=$?
     if ! kill -0 "$container" 2>/dev/null; then break; fi
     if ((stop)); then stop_container; sleep 0.05; fi  # it may still be entering its namespaces
   done
+  set -e
   container=0
   return "$rc"
 }
@@ -95,64 +99,85 @@ trap 'on_signal PIPE 141' PIPE
 # == rootfs: provide the root filesystem ==
 if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
   n=${#undos[@]}
-  # Clear what an earlier, interrupted build may have left.
-  rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp
-  # Lay out a new busybox image beside its final place, renamed into place when complete.
-  mkdir -p /var/lib/ctrsh/images/busybox.tmp/bin /var/lib/ctrsh/images/busybox.tmp/sbin /var/lib/ctrsh/images/busybox.tmp/usr/bin /var/lib/ctrsh/images/busybox.tmp/usr/sbin /var/lib/ctrsh/images/busybox.tmp/dev /var/lib/ctrsh/images/busybox.tmp/proc /var/lib/ctrsh/images/busybox.tmp/sys /var/lib/ctrsh/images/busybox.tmp/etc /var/lib/ctrsh/images/busybox.tmp/root /var/lib/ctrsh/images/busybox.tmp/tmp
-  undo 'rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp'
+  # Where built results are kept (made once).
+  mkdir -p /var/lib/ctrsh/images
+  # Clear what an earlier, interrupted build by this container name may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-hostnet
+  # Build a busybox image in a work dir of this container's own, beside its final place; a build cut short is never used.
+  mkdir -m 0755 /var/lib/ctrsh/images/busybox.tmp-hostnet /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-hostnet'
+  # The usual top-level dirs, mode 0755 whatever the umask ctrsh runs with.
+  mkdir -m 0755 /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs/bin /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs/sbin /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs/usr /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs/usr/bin /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs/usr/sbin /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs/dev /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs/proc /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs/sys /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs/etc /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs/root /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs/tmp
   # /tmp is writable by all, with the sticky bit, as on any Linux.
-  chmod 1777 /var/lib/ctrsh/images/busybox.tmp/tmp
+  chmod 1777 /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs/tmp
   # A static busybox needs no libraries: this one file is every command in the image.
-  cp /bin/busybox /var/lib/ctrsh/images/busybox.tmp/bin/busybox
+  install -m 0755 /bin/busybox /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs/bin/busybox
   # One relative symlink per applet (usr/bin/env -> ../../bin/busybox), valid wherever the tree is mounted.
   sh -c 'cd "$1"
 for p in $(bin/busybox --list-full); do
   case $p in */*/*) t=../../bin/busybox ;; *) t=../bin/busybox ;; esac
   [ -e "$p" ] || ln -s "$t" "$p"
-done' ctrsh-link /var/lib/ctrsh/images/busybox.tmp
+done' ctrsh-link /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs
   # Minimal /etc/passwd and /etc/group, so tools show names.
-  sh -c 'printf "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n" >"$1/etc/passwd"
+  sh -c 'umask 022
+printf "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n" >"$1/etc/passwd"
 printf "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n" >"$1/etc/group"
-' ctrsh-etc /var/lib/ctrsh/images/busybox.tmp
-  # Publish the finished image in one rename; later applies reuse it.
-  mv -T /var/lib/ctrsh/images/busybox.tmp /var/lib/ctrsh/images/busybox
+' ctrsh-etc /var/lib/ctrsh/images/busybox.tmp-hostnet/rootfs
+  # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
+  flock /var/lib/ctrsh/images/busybox.lock sh -c 'if [ ! -e "$2" ]; then
+  printf "%s\n" "$3" >"$2.source"
+  mv -T "$1/rootfs" "$2"
+fi
+rm -rf --one-file-system "$1"
+' ctrsh-publish /var/lib/ctrsh/images/busybox.tmp-hostnet /var/lib/ctrsh/images/busybox busybox
   undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
 fi
-if [[ ! -e /var/lib/ctrsh/dev && ! -L /var/lib/ctrsh/dev ]]; then  # only if missing
+if [[ ! -e /var/lib/ctrsh/dev-2 && ! -L /var/lib/ctrsh/dev-2 ]]; then  # only if missing
   n=${#undos[@]}
-  # Clear what an earlier, interrupted build may have left.
-  rm -rf --one-file-system /var/lib/ctrsh/dev.tmp
-  # A template for /dev, with mount points for ptys, shared memory and message queues.
-  mkdir -p /var/lib/ctrsh/dev.tmp/pts /var/lib/ctrsh/dev.tmp/shm /var/lib/ctrsh/dev.tmp/mqueue
-  undo 'rm -rf --one-file-system /var/lib/ctrsh/dev.tmp'
+  # Where built results are kept (made once).
+  mkdir -p /var/lib/ctrsh
+  # Clear what an earlier, interrupted build by this container name may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-hostnet
+  # Build a template for /dev in a work dir of this container's own, beside its final place; a build cut short is never used.
+  mkdir -m 0755 /var/lib/ctrsh/dev-2.tmp-hostnet /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-hostnet'
+  # Mount points for ptys, shared memory and message queues; the template's own mode 0755 becomes /dev's.
+  mkdir -m 0755 /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/pts /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/shm /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/mqueue
   # /dev/null: character device 1:3, one of the six devices every container gets.
-  mknod -m 666 /var/lib/ctrsh/dev.tmp/null c 1 3
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/null c 1 3
   # /dev/zero: character device 1:5, one of the six devices every container gets.
-  mknod -m 666 /var/lib/ctrsh/dev.tmp/zero c 1 5
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/zero c 1 5
   # /dev/full: character device 1:7, one of the six devices every container gets.
-  mknod -m 666 /var/lib/ctrsh/dev.tmp/full c 1 7
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/full c 1 7
   # /dev/random: character device 1:8, one of the six devices every container gets.
-  mknod -m 666 /var/lib/ctrsh/dev.tmp/random c 1 8
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/random c 1 8
   # /dev/urandom: character device 1:9, one of the six devices every container gets.
-  mknod -m 666 /var/lib/ctrsh/dev.tmp/urandom c 1 9
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/urandom c 1 9
   # /dev/tty: character device 5:0, one of the six devices every container gets.
-  mknod -m 666 /var/lib/ctrsh/dev.tmp/tty c 5 0
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/tty c 5 0
   # /dev/fd -> /proc/self/fd, as on any Linux.
-  ln -s /proc/self/fd /var/lib/ctrsh/dev.tmp/fd
+  ln -s /proc/self/fd /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/fd
   # /dev/stdin -> /proc/self/fd/0, as on any Linux.
-  ln -s /proc/self/fd/0 /var/lib/ctrsh/dev.tmp/stdin
+  ln -s /proc/self/fd/0 /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/stdin
   # /dev/stdout -> /proc/self/fd/1, as on any Linux.
-  ln -s /proc/self/fd/1 /var/lib/ctrsh/dev.tmp/stdout
+  ln -s /proc/self/fd/1 /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/stdout
   # /dev/stderr -> /proc/self/fd/2, as on any Linux.
-  ln -s /proc/self/fd/2 /var/lib/ctrsh/dev.tmp/stderr
+  ln -s /proc/self/fd/2 /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/stderr
   # /dev/ptmx -> pts/ptmx, as on any Linux.
-  ln -s pts/ptmx /var/lib/ctrsh/dev.tmp/ptmx
+  ln -s pts/ptmx /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/ptmx
   # /dev/core -> /proc/kcore, as on any Linux.
-  ln -s /proc/kcore /var/lib/ctrsh/dev.tmp/core
-  # Publish the /dev template in one rename.
-  mv -T /var/lib/ctrsh/dev.tmp /var/lib/ctrsh/dev
+  ln -s /proc/kcore /var/lib/ctrsh/dev-2.tmp-hostnet/rootfs/core
+  # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
+  flock /var/lib/ctrsh/dev-2.lock sh -c 'if [ ! -e "$2" ]; then
+  printf "%s\n" "$3" >"$2.source"
+  mv -T "$1/rootfs" "$2"
+fi
+rm -rf --one-file-system "$1"
+' ctrsh-publish /var/lib/ctrsh/dev-2.tmp-hostnet /var/lib/ctrsh/dev-2 'dev template'
   undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
 fi
+# Remove this apply's build work dirs, left behind if another apply published the same image first.
+rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-hostnet /var/lib/ctrsh/dev-2.tmp-hostnet
 
 # == namespaces: create the namespaces, persisted as files so each later step can enter them ==
 if [[ ! -e /run/ctrsh && ! -L /run/ctrsh ]]; then  # only if missing
@@ -189,12 +214,16 @@ mkdir -m 0755 /var/lib/ctrsh/containers/hostnet/upper
 mkdir -m 0755 /var/lib/ctrsh/containers/hostnet/upper/proc /var/lib/ctrsh/containers/hostnet/upper/dev /var/lib/ctrsh/containers/hostnet/upper/sys /var/lib/ctrsh/containers/hostnet/upper/.ctrsh /var/lib/ctrsh/containers/hostnet/upper/.oldroot /var/lib/ctrsh/containers/hostnet/upper/etc
 # Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
 install -m 0644 /dev/null /var/lib/ctrsh/containers/hostnet/upper/etc/ld.so.preload
+# Likewise for /etc/hosts, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/hostnet/upper/etc/hosts
+# Likewise for /etc/resolv.conf, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/hostnet/upper/etc/resolv.conf
 # Root filesystem: the shared image read-only below, this container's own writes above (upper).
 nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/busybox,upperdir=/var/lib/ctrsh/containers/hostnet/upper,workdir=/var/lib/ctrsh/containers/hostnet/work /run/ctrsh/hostnet/rootfs
 # A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
 nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- mount -t tmpfs -o nosuid,strictatime,mode=0755,size=65536k tmpfs /run/ctrsh/hostnet/rootfs/dev
 # Fill /dev from the template: six devices, the fd links, the pts, shm and mqueue mount points.
-nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- cp -a /var/lib/ctrsh/dev/. /run/ctrsh/hostnet/rootfs/dev/
+nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- cp -a /var/lib/ctrsh/dev-2/. /run/ctrsh/hostnet/rootfs/dev/
 # The container's own pty instance (newinstance): it cannot see the host's terminals.
 nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts /run/ctrsh/hostnet/rootfs/dev/pts
 # /dev/shm for POSIX shared memory, private to the container, 64 MiB as in Docker.
@@ -203,6 +232,19 @@ nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- mount -t tmpfs -o nosuid,nodev,noex
 nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- mount -t mqueue -o nosuid,nodev,noexec mqueue /run/ctrsh/hostnet/rootfs/dev/mqueue
 # /sys read-only. With no network namespace of its own it lists the host's interfaces.
 nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /run/ctrsh/hostnet/rootfs/sys
+# Record which image this container is made from: `ctrsh rmi` refuses to remove an image in use.
+sh -c 'printf "%s\n" "$2" >"$1"' ctrsh-record /run/ctrsh/hostnet/image /var/lib/ctrsh/images/busybox
+# The container's own /etc/hosts, resolv.conf: written in its state dir (mode 0644).
+sh -c 'umask 022
+mkdir "$1"; d=$1; shift
+while [ $# -gt 0 ]; do printf "%s" "$2" >"$d/$1"; shift 2; done' ctrsh-etc /run/ctrsh/hostnet/etc hosts '127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+' resolv.conf 'nameserver 192.0.2.53
+'
+# /etc/hosts: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- mount --bind /run/ctrsh/hostnet/etc/hosts /run/ctrsh/hostnet/rootfs/etc/hosts
+# /etc/resolv.conf: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/hostnet/ns/mnt -- mount --bind /run/ctrsh/hostnet/etc/resolv.conf /run/ctrsh/hostnet/rootfs/etc/resolv.conf
 
 # == cgroups: limit resources ==
 # The parent of this ctrsh instance's cgroups (named for its state dir); removed once no container uses it.

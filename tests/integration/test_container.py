@@ -69,8 +69,10 @@ def test_what_the_container_sees(ctrsh: Ctrsh) -> None:
         "/sys sysfs",
         "/proc proc",
     ]
+    etc = [m for m in mounts if m.startswith("/etc/")]  # bound from the state dir: its fs type
+    assert sorted(m.split()[0] for m in etc) == ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"]
     assert sorted(m for m in mounts if m.count("/") == 1 or m.startswith("/dev/")) == sorted(core)
-    kernel = [m for m in mounts if m not in core]  # masked and read-only kernel paths
+    kernel = [m for m in mounts if m not in core and m not in etc]  # masked and read-only kernel paths
     assert "/proc/sys proc" in kernel and all(m.startswith(("/proc/", "/sys/")) for m in kernel), kernel
     assert section(out, "dev") == [
         "/dev/null character special file 1:3 666",
@@ -177,7 +179,20 @@ def start_sleeper(ctrsh: Ctrsh, name: str) -> subprocess.Popen[str]:
         text=True, start_new_session=True,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    wait_for_pid1(f"{ctrsh.env['CTRSH_STATE_DIR']}/{name}/ns/mnt", "sleep")
     return proc
+
+
+def wait_for_pid1(mnt_nsfile: str, comm: str) -> None:
+    """Until the container's PID 1 is `comm` (the shell that said `ready` has exec'd it)."""
+    from ctrsh.procs import container_pids, is_init
+
+    for _ in range(200):
+        pids = [p for p in container_pids(mnt_nsfile) if is_init(p)]
+        if pids and Path(f"/proc/{pids[0]}/comm").read_text().strip() == comm:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"PID 1 never became {comm}")
 
 
 def test_ctrl_c_stops_and_rolls_back(ctrsh: Ctrsh) -> None:
@@ -285,6 +300,7 @@ def test_exported_script_ctrl_c(ctrsh: Ctrsh, tmp_path: Path) -> None:
         proc = subprocess.Popen(["bash", str(script)], env=ctrsh.env, stdout=subprocess.PIPE, text=True,
                                 start_new_session=True)  # fmt: skip
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        wait_for_pid1(f"{ctrsh.env['CTRSH_STATE_DIR']}/{name}/ns/mnt", "sleep" if code == 130 else "sh")
         os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: to the whole foreground group
         assert proc.wait(timeout=30) == code
         assert proc.stdout.read() == out

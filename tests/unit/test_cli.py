@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("mkdir", "mount", "umount", "touch", "ip", "unshare", "nsenter", "cp", "mv", "chmod", "sh", "ln",
-         "mknod", "rm", "rmdir", "hostname", "env", "pivot_root", "install", "setsid", "setpriv")  # fmt: skip
+         "mknod", "rm", "rmdir", "hostname", "env", "pivot_root", "install", "setsid", "setpriv", "flock")  # fmt: skip
 
 
 def ctrsh(*args: str, env: dict[str, str] | None = None, user: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -59,7 +59,7 @@ def test_bad_recipe_runs_nothing(tmp_path: Path, spy_path: tuple[dict[str, str],
     assert (r.returncode, r.stdout) == (2, "")
     assert (
         r.stderr
-        == f"{bad}:4:1: unknown key 'network' (known: name, rootfs, process, hostname, namespaces, security, resources)\n"
+        == f"{bad}:4:1: unknown key 'network' (known: name, rootfs, process, hostname, namespaces, security, resources, readonly, mounts, dns)\n"
     )
     assert not log.exists() and not (tmp_path / "run").exists()
 

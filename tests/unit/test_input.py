@@ -15,12 +15,14 @@ from ctrsh.compile import compile_plan
 from ctrsh.errors import RecipeError
 from ctrsh.export import export_script
 from ctrsh.facts import Facts
-from ctrsh.recipe import parse, recipe_schema
+from ctrsh.recipe import Recipe, parse, recipe_schema
 from ctrsh.render import render_plan
+from ctrsh.schema import public_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 B = "rootfs: {busybox: {}}\nprocess: {args: [a]}\n"
 R = "name: x\nrootfs: {busybox: {}}\n"  # add a process
+KNOWN = ", ".join(public_fields(Recipe))  # the recipe's top-level keys, as "unknown key" lists them
 
 CASES = [
     ("python tag", "name: !!python/object/apply:os.system [id]\n" + B,
@@ -33,7 +35,7 @@ CASES = [
     ("tag on a mapping", "name: x\nrootfs: !!map {busybox: {}}\nprocess: {args: [a]}\n",
      "r.yaml:2:9: YAML tags are not allowed (!!map): a recipe holds plain values only"),
     ("merge key", R + "base: &b {args: [a]}\nprocess: {<<: *b}\n",
-     "r.yaml:3:1: unknown key 'base' (known: name, rootfs, process, hostname, namespaces, security, resources)\n"
+     f"r.yaml:3:1: unknown key 'base' (known: {KNOWN})\n"
      "r.yaml:4:11: process: merge keys ('<<') are not supported: write the keys out"),
     ("escape in the text", "name: x\x1b[2J\n" + B,
      "r.yaml:1:8: control character '\\x1b' (U+001B ESCAPE): it could hide text; remove it"),
@@ -75,7 +77,7 @@ CASES = [
     ("a control character in a key", R + 'process: {args: [a], "k\\e": 1}\n',
      "r.yaml:3:22: process: a key contains the control character '\\x1b' (U+001B ESCAPE); remove it"),
     ("too many values after aliases", "x: &x a\n" + R + "process:\n  args: [a" + ", *x" * 10_001 + "]\n",
-     "r.yaml:1:1: unknown key 'x' (known: name, rootfs, process, hostname, namespaces, security, resources)\n"
+     f"r.yaml:1:1: unknown key 'x' (known: {KNOWN})\n"
      "r.yaml:1:4: more than 10000 values (each use of an alias counts): refused"),
 ]  # fmt: skip
 

@@ -5,6 +5,7 @@ Regenerate goldens after an intended change: CTRSH_UPDATE_GOLDEN=1 pytest tests/
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -16,13 +17,28 @@ from ctrsh.compile import compile_plan
 from ctrsh.errors import RecipeError
 from ctrsh.export import export_script
 from ctrsh.facts import Facts
-from ctrsh.recipe import load, parse
+from ctrsh.hostfiles import HostFiles, TarballFact
+from ctrsh.recipe import Recipe, load, parse
 from ctrsh.render import render_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 GOLDEN = ROOT / "tests" / "golden"
 FACTS = Facts()  # the documented defaults, so goldens read like a real host
+
+
+def facts_for(recipe: Recipe) -> Facts:
+    """FACTS, plus host files as if the repository were checked out in /src/ctrsh and every path
+    the recipe names existed (a tarball with a fixed hash): goldens do not depend on this machine."""
+    files = HostFiles(base="/src/ctrsh/recipes")
+    r = recipe.rootfs
+    for local in (r.directory.path if r.directory else None, *(m.source for m in recipe.mounts if m.type == "bind")):
+        if local:
+            files.kinds[files.host_path(local)] = "dir"
+    if r.tarball:
+        files.kinds[files.host_path(r.tarball.path)] = "file"
+        files.tarballs[files.host_path(r.tarball.path)] = TarballFact("ab" * 32)
+    return dataclasses.replace(FACTS, files=files)
 
 
 def golden(path: Path, text: str) -> None:
@@ -34,7 +50,8 @@ def golden(path: Path, text: str) -> None:
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_plan_golden(recipe: Path) -> None:
-    plan = compile_plan(load(f"recipes/{recipe.name}"), FACTS)
+    loaded = load(f"recipes/{recipe.name}")
+    plan = compile_plan(loaded, facts_for(loaded))
     golden(GOLDEN / f"{recipe.stem}.plan", render_plan(plan))
     golden(GOLDEN / f"{recipe.stem}.sh", export_script(plan))
 
@@ -117,7 +134,7 @@ def test_env_cwd_and_hostname_reach_the_start_step() -> None:
 def test_cached_steps_are_marked() -> None:
     plan = plan_of(BASE)
     kept = {s.creates for s in plan.steps if s.keep}
-    assert kept == {"/var/lib/ctrsh/images/busybox", "/var/lib/ctrsh/dev"}
+    assert kept == {"/var/lib/ctrsh/images/busybox", "/var/lib/ctrsh/dev-2"}
     assert all(s.phase == "rootfs" and s.creates for s in plan.steps if s.keep)
     only_if_missing = {s.creates for s in plan.steps if s.creates and not s.keep}
     assert only_if_missing == {"/run/ctrsh", "/var/lib/ctrsh/containers"}

@@ -48,7 +48,7 @@ CASES = [
      "pivot_root would change the host's root"),
     ("namespace twice", "name: x\nnamespaces: [mount, pid, pid]\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
      "r.yaml:2:26: namespaces[2]: 'pid' is listed twice (first as namespaces[1])"),
-    ("no rootfs source", "name: x\nrootfs: {}\nprocess: {args: [a]}\n", "r.yaml:2:9: rootfs: set exactly one of: busybox"),
+    ("no rootfs source", "name: x\nrootfs: {}\nprocess: {args: [a]}\n", "r.yaml:2:9: rootfs: set exactly one of: busybox, debootstrap, tarball, directory"),
     ("empty file", "", "r.yaml:1:1: the recipe is empty; it needs at least name, rootfs and process"),
     ("not a mapping", "- a\n", "r.yaml:1:1: recipe: expected a mapping, got a list"),
     ("bad env name", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a], env: {1A: b}}\n",
@@ -112,6 +112,17 @@ def test_json_schema_matches_the_loader() -> None:
     json.dumps(s)
     assert s["required"] == ["name", "rootfs", "process"]
     assert s["additionalProperties"] is False
-    assert set(s["properties"]) == {"name", "rootfs", "process", "hostname", "namespaces", "security", "resources"}
+    assert set(s["properties"]) == {
+        "name",
+        "rootfs",
+        "process",
+        "hostname",
+        "namespaces",
+        "security",
+        "resources",
+        "readonly",
+        "mounts",
+        "dns",
+    }
     assert s["properties"]["namespaces"]["items"]["enum"] == ["mount", "uts", "ipc", "pid", "net", "cgroup"]
     assert s["properties"]["rootfs"]["maxProperties"] == 1

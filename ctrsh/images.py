@@ -1,0 +1,144 @@
+"""The image cache in DATA/images: names keyed by what built them, listing and removal.
+
+An image is a directory DATA/images/NAME, published by one rename when its
+build is complete, with a sidecar NAME.source (what it was built from). A
+build in progress lives in NAME.tmp-CONTAINER; NAME.lock serialises the
+publish and removal (flock).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from .errors import CtrshError, UsageError
+from .facts import Facts, Paths
+from .recipe import Recipe, Rootfs
+
+
+def image_name(rootfs: Rootfs, facts: Facts) -> str | None:
+    """The cache name of the image this source builds; None for a directory (used in place)."""
+    if rootfs.debootstrap:
+        d = rootfs.debootstrap
+        key = json.dumps([d.suite, d.variant, sorted(set(d.include)), d.mirror or facts.apt_mirror])
+        variant = "default" if d.variant == "-" else d.variant
+        return f"{d.suite}-{variant}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if rootfs.tarball:
+        fact = facts.files.tarballs.get(facts.files.host_path(rootfs.tarball.path))
+        digest = fact.sha256 if fact and fact.sha256 else "0" * 64  # unread: compile reports it
+        return f"tarball-{digest[:16]}"
+    if rootfs.directory:
+        return None
+    return "busybox"
+
+
+def source_text(rootfs: Rootfs, facts: Facts) -> str:
+    """What `ctrsh images` shows as the source."""
+    if rootfs.debootstrap:
+        d = rootfs.debootstrap
+        inc = f" +{','.join(sorted(set(d.include)))}" if d.include else ""
+        return f"debootstrap {d.suite} {d.variant}{inc} {d.mirror or facts.apt_mirror}"
+    if rootfs.tarball:
+        path = facts.files.host_path(rootfs.tarball.path)
+        fact = facts.files.tarballs.get(path)
+        return f"tarball {path} sha256:{fact.sha256 if fact else '?'}"
+    return "busybox"
+
+
+def lower_dir(recipe: Recipe, facts: Facts, paths: Paths) -> str | None:
+    if recipe.rootfs.directory:
+        return facts.files.host_path(recipe.rootfs.directory.path)
+    name = image_name(recipe.rootfs, facts)
+    return paths.image(name) if name else None
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    source: str
+    size: int  # bytes
+    created: float  # epoch seconds
+    used_by: tuple[str, ...]
+
+
+def users(facts: Facts, image_dir: str) -> list[str]:
+    """Containers (in this state dir) whose root is made from the image: each records it in STATE/image."""
+    found = []
+    try:
+        names = sorted(os.listdir(facts.state_dir))
+    except OSError:
+        return []
+    for name in names:
+        try:
+            with open(f"{facts.state_dir}/{name}/image") as f:
+                if f.read().strip() == image_dir:
+                    found.append(name)
+        except OSError:
+            continue
+    return found
+
+
+def du(path: str) -> int:
+    total = 0
+    for top, dirs, files in os.walk(path):
+        for f in (*files, *dirs):
+            try:
+                st = os.lstat(os.path.join(top, f))
+            except OSError:
+                continue
+            if st.st_nlink < 2 or not os.path.isfile(os.path.join(top, f)):
+                total += st.st_size
+            else:
+                total += st.st_size // st.st_nlink  # shared by hardlinks: count each once overall
+    return total
+
+
+def listing(facts: Facts) -> list[Image]:
+    base = f"{facts.data_dir}/images"
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return []
+    out = []
+    for name in entries:
+        path = f"{base}/{name}"
+        if name.startswith(".") or ".tmp-" in name or ".rm-" in name or not os.path.isdir(path):
+            continue
+        if os.path.islink(path):
+            continue
+        try:
+            with open(f"{path}.source") as f:
+                source = f.read().strip()
+            created = os.stat(f"{path}.source").st_mtime
+        except OSError:
+            source, created = ("busybox" if name == "busybox" else "?"), os.stat(path).st_mtime
+        out.append(Image(name, source, du(path), created, tuple(users(facts, path))))
+    return out
+
+
+def remove(facts: Facts, name: str) -> str:
+    """Remove one cached image, unless a container uses it; return its path. Under its lock."""
+    if not name or "/" in name or name.startswith(".") or ".tmp-" in name:
+        raise UsageError(f"{name!r} is not an image name (see `ctrsh images`)")
+    path = f"{facts.data_dir}/images/{name}"
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise UsageError(f"no image {name!r} in {facts.data_dir}/images (see `ctrsh images`)")
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        using = users(facts, path)
+        if using:
+            raise CtrshError(f"image {name!r} is in use by: {', '.join(using)}; stop or destroy them first")
+        # Renamed first, so no apply can pick up a half-deleted image; then removed, never across mounts.
+        doomed = f"{path}.rm-{os.getpid()}-{int(time.time())}"
+        os.rename(path, doomed)
+        import subprocess
+
+        subprocess.run(["rm", "-rf", "--one-file-system", doomed], check=True)
+        for extra in (f"{path}.source",):
+            if os.path.exists(extra):
+                os.unlink(extra)
+    return path
