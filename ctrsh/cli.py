@@ -13,8 +13,11 @@ from . import __version__
 from .errors import CtrshError, UsageError
 
 if TYPE_CHECKING:  # imported lazily at run time: each command loads only what it needs
-    from .facts import Facts
+    from collections.abc import Callable
+
+    from .facts import Facts, Paths
     from .plan import Plan
+    from .trace import Trace
 
 app = typer.Typer(
     help=(
@@ -51,10 +54,12 @@ def _plan(recipe_path: str, state_dir: str | None, data_dir: str | None) -> tupl
     from .compile import compile_plan
     from .facts import detect
     from .hostfiles import gather
+    from .ipam import survey_for
     from .recipe import load
 
     recipe = load(recipe_path)  # first: a bad recipe is reported before anything about the host
     facts = gather(recipe, detect(state_dir, data_dir))  # the files the recipe names: host facts too
+    facts = survey_for(recipe, facts)  # mode bridge: the addresses in use
     return compile_plan(recipe, facts), facts
 
 
@@ -72,7 +77,7 @@ def apply(
     When it exits, fails or is interrupted, everything is undone, newest first.
     """
     plan, facts = _plan(recipe, state_dir, data_dir)
-    from . import engine, preflight
+    from . import preflight
     from .facts import Paths
     from .phases import cgroups
     from .signals import Interrupted
@@ -82,12 +87,42 @@ def apply(
     preflight.check(plan, facts, paths)
     oom_counter = cgroups.oom_counter(facts, plan.name)
     try:
-        code = engine.apply(plan, paths.journal, paths.nsfile("mnt"), Trace(quiet=quiet), oom_counter)
+        code = _apply_claiming(
+            plan, facts, paths, Trace(quiet=quiet), lambda: _plan(recipe, state_dir, data_dir), oom_counter
+        )
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except Interrupted as e:
         raise typer.Exit(128 + e.signum) from None
     raise typer.Exit(code)
+
+
+def _apply_claiming(
+    plan: Plan,
+    facts: Facts,
+    paths: Paths,
+    trace: Trace,
+    again: Callable[[], tuple[Plan, Facts]],
+    oom_counter: str | None,
+) -> int:
+    """engine.apply; if another apply claimed our address (or port) between survey and claim, the claim
+    step failed and was rolled back: survey and compile again, with the next free one (see ipam)."""
+    from . import engine
+    from .errors import StepFailed
+    from .ipam import lost_race
+
+    for _ in range(MAX_CLAIM_RETRIES):
+        try:
+            return engine.apply(plan, paths.journal, paths.nsfile("mnt"), trace, oom_counter)
+        except StepFailed:
+            if not lost_race(plan, facts):
+                raise
+            trace.note("another container took that address or port meanwhile: allocating again")
+            plan, facts = again()
+    return engine.apply(plan, paths.journal, paths.nsfile("mnt"), trace, oom_counter)
+
+
+MAX_CLAIM_RETRIES = 16  # each lost race means another apply won: bounded by how many run at once
 
 
 @app.command()
@@ -126,6 +161,7 @@ def destroy(
     """Tear down a container left behind (ctrsh was killed): kill its processes, run its journaled undos."""
     from . import engine, owner, preflight
     from .facts import Paths, detect
+    from .ipam import leftover_network, leftover_releases
     from .journal import Journal
     from .recipe import check_name
     from .trace import Trace
@@ -135,15 +171,20 @@ def destroy(
     preflight.require_root("destroy")
     paths = Paths(detect(state_dir, data_dir), name)
     undos, refused = owner.leftovers(paths)  # only what this ctrsh made: marked dirs, known undos
+    # Claims made but not yet journaled when ctrsh was killed: read off ctrsh's own registry.
+    undos += [r for r in leftover_releases(paths.facts, name) if r not in undos]
     if not undos and not refused:
         raise UsageError(f"no container {name!r} here: nothing of it in {paths.state}, {paths.layer} or netns")
     failed = []
+    # Processes are found through the namespace file in the state dir, and the journal kept
+    # there: only in a marked one ("" = none: nothing is looked up or written).
+    ours = not owner.not_ours(paths.state, paths)
+    mnt = paths.nsfile("mnt") if ours else ""
     if undos:
-        # Processes are found through the namespace file in the state dir, and the journal kept
-        # there: only in a marked one ("" = none: nothing is looked up or written).
-        ours = not owner.not_ours(paths.state, paths)
-        journal = Journal(paths.journal if ours else "", [(u, None) for u in undos])
-        failed = engine.undo_all(journal, Trace(), paths.nsfile("mnt") if ours else "")
+        failed = engine.undo_all(Journal(paths.journal if ours else "", [(u, None) for u in undos]), Trace(), mnt)
+    rest = leftover_network(paths.facts, name)  # a step ran but its undo never reached the journal
+    if rest:  # the veth of this container's name and rules tagged ctrsh:NAME, found on the host
+        failed += engine.undo_all(Journal("", [(undo, None) for undo in rest]), Trace(), mnt)
     if failed or refused:
         raise CtrshError("teardown incomplete:\n" + "\n".join(refused + failed))
 

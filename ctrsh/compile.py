@@ -5,6 +5,7 @@ from __future__ import annotations
 from .errors import Problem, RecipeError
 from .facts import Facts, Paths
 from .hostfiles import TAR_SUFFIXES
+from .netconfig import resolve as resolve_network
 from .phases import Context, cgroups, filesystem, namespaces, network, process, rootfs, security
 from .plan import Plan
 from .recipe import ALL_NAMESPACES, VOLUME_RE, Recipe
@@ -21,6 +22,8 @@ def resolve(recipe: Recipe, facts: Facts) -> Context:
         kinds = frozenset(recipe.namespaces)
         if "cgroup" in kinds and not facts.cgroup_ns:
             problems.append(recipe.problem("namespaces", "this kernel has no cgroup namespaces; remove 'cgroup'"))
+    kinds, net, net_problems = resolve_network(recipe, facts, kinds)  # mode host: no net namespace
+    problems += net_problems
     hostname: str | None = recipe.hostname or recipe.name
     if "uts" not in kinds:
         if recipe.hostname is not None:
@@ -32,7 +35,7 @@ def resolve(recipe: Recipe, facts: Facts) -> Context:
     problems += image_problems(recipe, facts) + mount_problems(recipe, facts)
     if problems:
         raise RecipeError(problems)
-    return Context(recipe, facts, Paths(facts, recipe.name), kinds, hostname)
+    return Context(recipe, facts, Paths(facts, recipe.name), kinds, hostname, net)
 
 
 def compile_plan(recipe: Recipe, facts: Facts) -> Plan:

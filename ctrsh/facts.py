@@ -42,6 +42,17 @@ class CgroupFacts:
 
 
 @dataclass(frozen=True)
+class NetworkFacts:
+    """What ctrsh's network registry holds for the recipe's bridge (ipam.survey reads it; compile stays pure)."""
+
+    readable: bool = True  # False: the registry could not be read (plan without root): addresses are a guess
+    leases: tuple[tuple[str, str], ...] = ()  # (address, container) held by live containers on the bridge
+    ports: tuple[tuple[str, str], ...] = ()  # ("tcp-8080", container): host ports published by live containers
+    subnet: str | None = None  # the subnet the bridge's current users set it up with
+    routes: tuple[tuple[str, str], ...] = ()  # (destination, device): the host's routes, but default and the bridge's
+
+
+@dataclass(frozen=True)
 class Facts:
     state_dir: str = DEFAULT_STATE  # per-container runtime state: ns files, the writable layer
     data_dir: str = DEFAULT_DATA  # lasting data: built images; containers' writable layers while they run
@@ -58,6 +69,7 @@ class Facts:
     setpriv_libs: tuple[str, ...] = ("/lib/x86_64-linux-gnu/libcap-ng.so.0", "/lib/x86_64-linux-gnu/libc.so.6")
     term: str = "xterm"  # $TERM of the caller, passed to containers that get a terminal
     device_cgroup: bool = True  # cgroup v1's devices controller can enforce a device allowlist
+    network: NetworkFacts = NetworkFacts()  # the bridge's leases, for mode bridge (see ipam.survey)
 
 
 @dataclass(frozen=True)

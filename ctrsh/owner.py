@@ -114,6 +114,8 @@ def known_undo(undo: Argv, paths: Paths) -> bool:
     exact.add(("sh", "-c", cgroups.RMDIR_UNUSED, "ctrsh-rmdir", *cgroups.parents(f)))
     if undo in exact:
         return True
+    if _network_undo(undo, paths):
+        return True
     # A build's work dir: IMAGE.tmp or IMAGE.tmp-NAME, in the images dir or (the /dev template) the data dir.
     if len(undo) == 4 and undo[:3] == rm:
         parent, _, base = undo[3].rpartition("/")
@@ -206,3 +208,28 @@ def leftovers(paths: Paths) -> tuple[list[Argv], list[str]]:
     if cgroup_left:
         found += [("sh", "-c", cgroups.RMDIR_UNUSED, "ctrsh-rmdir", *cgroups.parents(paths.facts)), kill]
     return found, refused
+
+
+def _network_undo(undo: Argv, paths: Paths) -> bool:
+    """The network phase's undos: ctrsh's own scripts (compared whole), for this container's name,
+    veth and registry only; iptables rules only if tagged with exactly this container's tag."""
+    from . import firewall, ipam
+    from .netconfig import veth_names
+
+    name, registry = paths.name, ipam.registry(paths.facts.state_dir) + "/"
+    if undo[:4] == ("sh", "-euc", firewall.RULE_UNDO, "ctrsh-undo") and len(undo) > 6:
+        spec = undo[6:]
+        tags = [spec[i + 1] for i, a in enumerate(spec[:-1]) if a == "--comment"]
+        return tags == [f"ctrsh:{name}"]
+    if undo[:4] == ("sh", "-euc", firewall.LINK_UNDO, "ctrsh-undo"):
+        return undo[4:] == (veth_names(paths)[0],)
+    unshare = set()  # the teardown half of each shared piece's script pair
+    for value in vars(firewall).values():
+        pairs = value.values() if isinstance(value, dict) else [value]
+        unshare |= {p[1] for p in pairs if isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], str)}
+    for script, label in [(ipam.RELEASE, "ctrsh-release"), *((u, "ctrsh-unshare") for u in unshare)]:
+        head = firewall.locked(paths.facts, script, label)
+        if undo[: len(head)] == head and len(undo) > len(head) + 1:
+            where, who = undo[len(head)], undo[len(head) + 1]
+            return who == name and where.startswith(registry) and "/../" not in f"{where}/"
+    return False

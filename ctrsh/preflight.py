@@ -29,6 +29,8 @@ PACKAGES = {
     "setsid": "util-linux",
     "setpriv": "util-linux",
     "script": "bsdutils",
+    "iptables": "iptables",
+    "brctl": "bridge-utils",
 }
 # Run inside the process phase's script, so not visible as any step's argv[0].
 INNER_TOOLS = ("mount", "pivot_root", "env", "setsid", "setpriv")

@@ -543,6 +543,102 @@ class Security:
         return tuple(dict.fromkeys(cap_name(c) for c in self.capabilities))
 
 
+NetworkMode = Literal["none", "host", "bridge", "container"]
+IFNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,14}")  # the kernel's IFNAMSIZ: 15 characters
+PUBLISH_RE = re.compile(r"(\d{1,5}):(\d{1,5})(?:/(tcp|udp))?")
+
+
+def check_bridge(value: str) -> str | None:
+    # No '.' or '/': the name also becomes a sysctl key (net.ipv4.conf.BRIDGE.route_localnet).
+    if not IFNAME_RE.fullmatch(value):
+        return f"{value!r} is not a usable bridge name: 1-15 letters, digits, '_' and '-', not starting with '-'"
+    return None
+
+
+def check_subnet(value: str) -> str | None:
+    import ipaddress
+
+    try:
+        net = ipaddress.IPv4Network(value)
+    except ValueError as e:
+        return f"{value!r} is not an IPv4 subnet like 10.88.0.0/16 ({e})"
+    private = [ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
+    if not any(net.subnet_of(p) for p in private):
+        # A recipe is untrusted: 0.0.0.0/0 or 127.0.0.0/8 on a bridge would take over the host's routing.
+        return f"{value!r} is not in a private range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)"
+    if net.prefixlen > 30:
+        return f"{value!r} is too small: it needs room for the gateway and at least one container (/30 at most)"
+    return None
+
+
+def check_address(value: str) -> str | None:
+    import ipaddress
+
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return f"{value!r} is not an IPv4 address like 10.88.0.5 (no prefix: it comes from the subnet)"
+    return None
+
+
+def parse_publish(value: str) -> tuple[int, int, str] | None:
+    """'8080:80' or '5353:53/udp' -> (host port, container port, protocol); None if malformed."""
+    m = PUBLISH_RE.fullmatch(value)
+    if not m or not all(1 <= int(p) <= 65535 for p in m.group(1, 2)):
+        return None
+    return int(m.group(1)), int(m.group(2)), m.group(3) or "tcp"
+
+
+def check_publish(value: list[str]) -> str | None:
+    seen: set[tuple[int, str]] = set()
+    for i, item in enumerate(value):
+        parsed = parse_publish(item)
+        if parsed is None:
+            return f"[{i}]: {item!r} is not HOST_PORT:CONTAINER_PORT[/tcp|/udp] with ports 1-65535, e.g. '8080:80'"
+        if (parsed[0], parsed[2]) in seen:
+            return f"[{i}]: host port {parsed[0]}/{parsed[2]} is published twice"
+        seen.add((parsed[0], parsed[2]))
+    return None
+
+
+@dataclass(frozen=True)
+class Network:
+    """How the container reaches the network. The bridge keys only apply to mode bridge."""
+
+    mode: NetworkMode = field(
+        default="none",
+        metadata={
+            "doc": "none: own network namespace with only lo (the default here; Docker's default is bridge). "
+            "host: the host's network (no net namespace). bridge: a veth pair to a bridge, NAT to the outside. "
+            "container: join the network namespace of the running container named by `container` (a pod)."
+        },
+    )
+    container: str | None = field(
+        default=None,
+        metadata={"doc": "Mode container: the running container whose network to share.", "check": check_name},
+    )
+    bridge: str | None = field(
+        default=None, metadata={"doc": "Bridge name (mode bridge). Default: ctrsh0.", "check": check_bridge}
+    )
+    subnet: str | None = field(
+        default=None,
+        metadata={"doc": "The bridge's subnet; the gateway is its first address. Default 10.88.0.0/16.",
+                  "check": check_subnet},
+    )  # fmt: skip
+    address: str | None = field(
+        default=None,
+        metadata={"doc": "A fixed address in the subnet. Default: the next free one.", "check": check_address},
+    )
+    publish: list[str] | None = field(
+        default=None,
+        metadata={"doc": "Published ports, HOST:CONTAINER[/tcp|/udp], e.g. ['8080:80'].", "check": check_publish},
+    )
+    bridge_tool: Literal["ip", "brctl"] | None = field(
+        default=None,
+        metadata={"doc": "Make the bridge with `ip link` (default) or `brctl`, as the wocker tutorial does."},
+    )
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A ctrsh recipe: one container, described by phase."""
@@ -584,6 +680,9 @@ class Recipe:
     dns: list[str] | None = field(
         default=None,
         metadata={"doc": "Nameservers for /etc/resolv.conf. Default: the host's, minus loopback.", "check": check_dns},
+    )
+    network: Network | None = field(
+        default=None, metadata={"doc": "Networking: mode none (default), host or bridge, with NAT and published ports."}
     )
     # Bookkeeping, not recipe keys: where each value was written (dotted path ->
     # line, col), so problems found after loading (in compile) still point at the text.

@@ -86,6 +86,21 @@ def _data_residue(data_dir: str) -> list[str]:
     )
 
 
+def _sysctls() -> dict[str, str]:
+    """The sysctls bridge networking changes: ip_forward, and route_localnet of every interface."""
+    paths = ["/proc/sys/net/ipv4/ip_forward"]
+    conf = "/proc/sys/net/ipv4/conf"
+    paths += [f"{conf}/{i}/route_localnet" for i in sorted(os.listdir(conf))] if os.path.isdir(conf) else []
+    out = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                out[path] = f.read().strip()
+        except OSError:
+            continue
+    return out
+
+
 def snapshot(state_dir: str, data_dir: str) -> dict[str, object]:
     return {
         "mounts": _mounts(),
@@ -93,6 +108,9 @@ def snapshot(state_dir: str, data_dir: str) -> dict[str, object]:
         "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
         "cgroups": _cgroups(state_dir),
         "firewall": _firewall(),
+        "addresses": sorted(line.split("\\")[0] for line in _run("ip", "-o", "addr").splitlines()),
+        "routes": sorted(_run("ip", "route").splitlines()),
+        "sysctls": _sysctls(),
         "hostname": socket.gethostname(),
         "state dir": _tree(state_dir, 9),
         "data dir": _data_residue(data_dir),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..facts import Facts, Paths
+from ..netconfig import NetConfig
 from ..recipe import Namespace, Recipe
 
 
@@ -17,11 +18,15 @@ class Context:
     paths: Paths
     namespaces: frozenset[Namespace]
     hostname: str | None  # None: no uts namespace, the hostname is left alone
+    network: NetConfig = field(default_factory=lambda: NetConfig("none"))  # the resolved `network:` section
 
     def nsenter(self, *kinds: Namespace) -> tuple[str, ...]:
         """`nsenter` into the container's persisted namespaces of these kinds (those it has)."""
         args = ["nsenter"]
         for kind in kinds:
+            if kind == "net" and self.network.join:  # mode container: the other container's network
+                args.append(f"--net=/run/netns/{self.network.join}")
+                continue
             if kind not in self.namespaces:
                 continue
             if kind == "net":

@@ -33,8 +33,17 @@ def netns_ready() -> None:
     subprocess.run(["ip", "netns", "delete", "ctrsh-test-prep"], check=True)
 
 
+@pytest.fixture(scope="session")
+def firewall_ready() -> None:
+    """iptables-nft creates the filter and nat tables on their first rule and keeps them, empty, for
+    good (as /run/netns above). That is iptables' one-time setup: do it before the first snapshot."""
+    for table, chain in (("filter", "FORWARD"), ("nat", "POSTROUTING")):
+        subprocess.run(["iptables", "-t", table, "-A", chain, "-j", "ACCEPT"], check=True)
+        subprocess.run(["iptables", "-t", table, "-D", chain, "-j", "ACCEPT"], check=True)
+
+
 @pytest.fixture(autouse=True)
-def host_unchanged(dirs: dict[str, str], netns_ready: None) -> Iterator[None]:
+def host_unchanged(dirs: dict[str, str], netns_ready: None, firewall_ready: None) -> Iterator[None]:
     before = snapshot(dirs["CTRSH_STATE_DIR"], dirs["CTRSH_DATA_DIR"])
     yield
     after = snapshot(dirs["CTRSH_STATE_DIR"], dirs["CTRSH_DATA_DIR"])

@@ -46,7 +46,8 @@ def running(ctrsh: Ctrsh, text: str) -> Iterator[subprocess.Popen[str]]:
     )  # fmt: skip
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        assert proc.stdout.readline() == "started\n"
+        line = proc.stdout.readline()
+        assert line == "started\n", proc.stderr.read() if proc.stderr else ""
         yield proc
     finally:
         with suppress(BrokenPipeError):

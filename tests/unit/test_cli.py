@@ -54,13 +54,10 @@ def spy_path(tmp_path: Path) -> tuple[dict[str, str], Path]:
 def test_bad_recipe_runs_nothing(tmp_path: Path, spy_path: tuple[dict[str, str], Path]) -> None:
     env, log = spy_path
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: ok\nrootfs: {busybox: {}}\nprocess: {args: [a]}\nnetwork: {}\n")
+    bad.write_text("name: ok\nrootfs: {busybox: {}}\nprocess: {args: [a]}\nnetwrk: {}\n")
     r = ctrsh("apply", str(bad), env=env)
     assert (r.returncode, r.stdout) == (2, "")
-    assert (
-        r.stderr
-        == f"{bad}:4:1: unknown key 'network' (known: name, rootfs, process, hostname, namespaces, security, resources, readonly, mounts, dns)\n"
-    )
+    assert r.stderr == f"{bad}:4:1: unknown key 'netwrk'; did you mean 'network'?\n"
     assert not log.exists() and not (tmp_path / "run").exists()
 
 

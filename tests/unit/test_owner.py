@@ -55,3 +55,21 @@ def test_every_undo_a_plan_makes_is_one_destroy_accepts(recipe: str, facts: Fact
 )
 def test_undos_ctrsh_never_makes_are_refused(undo: tuple[str, ...]) -> None:
     assert not known_undo(undo, Paths(Facts(), "web"))
+
+
+def test_network_undos_only_for_this_container() -> None:
+    from ctrsh import firewall, ipam
+
+    paths = Paths(Facts(), "web")
+    rule = ("sh", "-euc", firewall.RULE_UNDO, "ctrsh-undo", "nat", "OUTPUT", "-j", "DNAT")
+    assert known_undo((*rule, "-m", "comment", "--comment", "ctrsh:web"), paths)
+    assert not known_undo((*rule, "-m", "comment", "--comment", "ctrsh:other"), paths)
+    assert not known_undo(rule, paths)  # untagged: not ctrsh's
+    link = ("sh", "-euc", firewall.LINK_UNDO, "ctrsh-undo")
+    assert not known_undo((*link, "eth0"), paths)
+    release = firewall.locked(Facts(), ipam.RELEASE, "ctrsh-release")
+    assert known_undo((*release, "/run/ctrsh/network/ports", "web", "tcp-8080"), paths)
+    assert not known_undo((*release, "/run/ctrsh/network/ports", "other", "tcp-8080"), paths)
+    assert not known_undo((*release, "/etc", "web", "passwd"), paths)
+    forged = firewall.locked(Facts(), "reg=$1 me=$2\nshift 2\nreboot", "ctrsh-unshare")
+    assert not known_undo((*forged, "/run/ctrsh/network/x", "web"), paths)

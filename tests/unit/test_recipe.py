@@ -123,6 +123,7 @@ def test_json_schema_matches_the_loader() -> None:
         "readonly",
         "mounts",
         "dns",
+        "network",
     }
     assert s["properties"]["namespaces"]["items"]["enum"] == ["mount", "uts", "ipc", "pid", "net", "cgroup"]
     assert s["properties"]["rootfs"]["maxProperties"] == 1
