@@ -295,28 +295,8 @@ done
 for d; do if [ -d "$d" ]; then find "$d" -depth -type d -exec rmdir {} +; fi; done'"'"' ctrsh-kill /sys/fs/cgroup/freezer/ctrsh/hello /sys/fs/cgroup/cpu/ctrsh/hello /sys/fs/cgroup/cpuacct/ctrsh/hello /sys/fs/cgroup/memory/ctrsh/hello /sys/fs/cgroup/pids/ctrsh/hello /sys/fs/cgroup/devices/ctrsh/hello /sys/fs/cgroup/freezer/ctrsh/hello'
 # Devices: deny every node first, as Docker does; CAP_MKNOD alone then makes nodes it cannot open.
 sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write a /sys/fs/cgroup/devices/ctrsh/hello/devices.deny
-# Devices: allow 'c *:* m': make any node (not open it).
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c *:* m' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
-# Devices: allow 'b *:* m': make any node (not open it).
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'b *:* m' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
-# Devices: allow 'c 1:3 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:3 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
-# Devices: allow 'c 1:5 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:5 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
-# Devices: allow 'c 1:7 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:7 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
-# Devices: allow 'c 1:8 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:8 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
-# Devices: allow 'c 1:9 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:9 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
-# Devices: allow 'c 5:0 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:0 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
-# Devices: allow 'c 5:1 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:1 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
-# Devices: allow 'c 5:2 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:2 rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
-# Devices: allow 'c 136:* rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 136:* rwm' /sys/fs/cgroup/devices/ctrsh/hello/devices.allow
+# Devices: then allow, one rule a write: 'c *:* m' and 'b *:* m' (any node may be made, not opened), and 'rwm' for the standard nodes only: null, zero, full, random, urandom, tty, console, ptmx, ptys.
+sh -c 'f=$1; shift; for rule; do printf "%s\n" "$rule" > "$f"; done' ctrsh-allow /sys/fs/cgroup/devices/ctrsh/hello/devices.allow 'c *:* m' 'b *:* m' 'c 1:3 rwm' 'c 1:5 rwm' 'c 1:7 rwm' 'c 1:8 rwm' 'c 1:9 rwm' 'c 5:0 rwm' 'c 5:1 rwm' 'c 5:2 rwm' 'c 136:* rwm'
 
 # == security: drop privileges ==
 # A private tmpfs for trusted copies of host tools: after pivot_root the image's own binaries are all there is, and none may run before privileges are dropped.
