@@ -108,6 +108,7 @@ trap 'on_signal TERM 143' TERM
 trap 'on_signal HUP 129' HUP
 trap 'on_signal PIPE 141' PIPE
 # Note: seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.
+# Note: keyrings: root inside shares host root's user keyring (keyrings are per uid; Docker's seccomp profile blocks keyctl and add_key, and only that or a user namespace would separate them).
 # Note: devices: this host has no cgroup v1 devices controller (cgroup v2 needs an eBPF program, which no stock tool loads), so the container loses CAP_MKNOD and its root is mounted nodev instead.
 
 # == rootfs: provide the root filesystem ==

@@ -108,6 +108,7 @@ trap 'on_signal TERM 143' TERM
 trap 'on_signal HUP 129' HUP
 trap 'on_signal PIPE 141' PIPE
 # Note: seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.
+# Note: keyrings: root inside shares host root's user keyring (keyrings are per uid; Docker's seccomp profile blocks keyctl and add_key, and only that or a user namespace would separate them).
 
 # == rootfs: provide the root filesystem ==
 if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
