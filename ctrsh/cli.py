@@ -177,14 +177,12 @@ def export(
     data_dir: DataDir = None,
 ) -> None:
     """Write a standalone bash script that does what `apply` does: `ctrsh export r.yaml > r.sh; sudo bash r.sh`."""
-    from .export import export_script
+    from .export import export_script, write_script
 
     compiled, _ = _plan(recipe, state_dir, data_dir)
     text = export_script(compiled)
     if output:
-        with open(output, "w") as f:
-            f.write(text)
-        os.chmod(output, 0o755)
+        write_script(output, text)
     else:
         sys.stdout.write(text)
 
@@ -240,7 +238,7 @@ def destroy(
 def _destroy_one(facts: Facts, name: str, force: bool, grace: float, quiet_missing: bool = False) -> None:
     import time
 
-    from . import engine, lifecycle
+    from . import engine, lifecycle, owner
     from .facts import Paths
     from .ipam import leftover_network, leftover_releases
     from .journal import Journal
@@ -261,22 +259,26 @@ def _destroy_one(facts: Facts, name: str, force: bool, grace: float, quiet_missi
                 raise CtrshError(f"{name!r} is still running after it was stopped")
             time.sleep(0.02)
     try:
-        journal = engine.leftover_journal(paths)
-        for release in leftover_releases(paths.facts, name):  # claims made but not yet journaled when killed
-            if release not in journal.undos:
-                journal.entries.append((release, None))
-        if not journal.entries:
+        undos, refused = owner.leftovers(paths)  # only what this ctrsh made: marked dirs, known undos
+        # Claims made but not yet journaled when ctrsh was killed: read off ctrsh's own registry.
+        undos += [r for r in leftover_releases(paths.facts, name) if r not in undos]
+        if not undos and not refused:
             if quiet_missing:
                 return
             raise UsageError(f"no container {name!r} here: nothing of it in {paths.state}, {paths.layer} or netns")
-        failed = engine.undo_all(journal, trace, paths.nsfile("mnt"))
+        failed = []
+        # Processes are found through the namespace file in the state dir, and the journal kept
+        # there: only in a marked one ("" = none: nothing is looked up or written).
+        ours = not owner.not_ours(paths.state, paths)
+        mnt = paths.nsfile("mnt") if ours else ""
+        if undos:
+            journal = Journal(paths.journal if ours else "", [(u, None) for u in undos], owner.unsure(paths))
+            failed = engine.undo_all(journal, trace, mnt)
         rest = leftover_network(paths.facts, name)  # a step ran but its undo never reached the journal
-        if rest:
-            failed += engine.undo_all(
-                Journal(paths.journal, [(undo, None) for undo in rest]), trace, paths.nsfile("mnt")
-            )
-        if failed:
-            raise CtrshError("teardown incomplete:\n" + "\n".join(failed))
+        if rest:  # the veth of this container's name and rules tagged ctrsh:NAME, found on the host
+            failed += engine.undo_all(Journal("", [(undo, None) for undo in rest]), trace, mnt)
+        if failed or refused:
+            raise CtrshError("teardown incomplete:\n" + "\n".join(refused + failed))
     finally:
         name_lock.release(remove=True)
 
@@ -364,6 +366,7 @@ def exec(
         os.dup2(null, 0)
         os.close(null)
     raise typer.Exit(engine.run_foreground(argv, relay=not tty))
+
 
 
 def _size(n: int) -> str:
