@@ -368,7 +368,6 @@ def exec(
     raise typer.Exit(engine.run_foreground(argv, relay=not tty))
 
 
-
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":

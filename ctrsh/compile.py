@@ -31,6 +31,8 @@ def resolve(recipe: Recipe, facts: Facts) -> Context:
                 recipe.problem("hostname", "setting a hostname needs the 'uts' namespace (else it renames the host)")
             )
         hostname = None
+    if recipe.process.init and not facts.tini:
+        problems.append(recipe.problem("process.init", "init needs tini-static on the host: apt-get install tini"))
     problems += cgroups.check(recipe, facts)
     problems += image_problems(recipe, facts) + mount_problems(recipe, facts)
     if problems:

@@ -70,6 +70,7 @@ class Facts:
     # util-linux unshare, with no namespace to make, switches to `security.user`: unlike setpriv, its
     # -S/-G take numbers only, so no name is looked up in the image (NSS would load the image's code).
     unshare: str = "/usr/bin/unshare"
+    tini: str = "/usr/bin/tini-static"  # `process.init`: Debian's static tini ("" if not installed)
     term: str = "xterm"  # $TERM of the caller, passed to containers that get a terminal
     device_cgroup: bool = True  # cgroup v1's devices controller can enforce a device allowlist
     network: NetworkFacts = NetworkFacts()  # the bridge's leases, for mode bridge (see ipam.survey)
@@ -214,6 +215,7 @@ def detect(state_dir: str | None = None, data_dir: str | None = None) -> Facts:
         loader=deps[0],
         setpriv_libs=deps[1],
         unshare=unshare,
+        tini=shutil.which("tini-static", path=SAFE_PATH) or "",
         term=term if re.fullmatch(r"[A-Za-z0-9._+-]{1,64}", term := os.environ.get("TERM", "")) else "xterm",
         device_cgroup=cgroups.version == 1 and cgroups.mount("devices") is not None,
         state_dir=check_dir(state, f"state dir (--state-dir or ${STATE_ENV})"),

@@ -74,5 +74,12 @@ def catches(pid: int, signum: int) -> bool:
     """Does the process take signum: a handler for it (SigCgt, a bit mask, bit N-1 for signal N), or
     blocked (SigBlk: the kernel queues a blocked signal even to init, and an init such as tini
     collects it with sigtimedwait)?"""
+    if _comm(pid) == TINI:  # it waits in sigtimedwait, which hides its blocked set from /proc while it waits
+        return True
     mask = int(_status(pid, "SigCgt") or "0", 16) | int(_status(pid, "SigBlk") or "0", 16)
     return bool(mask & (1 << (signum - 1)))
+
+
+# `process.init`'s PID 1, which forwards every signal to the command. A container could name its own
+# PID 1 so: then it gets SIGTERM (not SIGKILL at once) and, ignoring it, SIGKILL after the grace time.
+TINI = "tini-static"

@@ -386,6 +386,15 @@ class Process:
             "Without it the container has no controlling terminal and stdin is /dev/null unless piped."
         },
     )
+    init: bool = field(
+        default=False,
+        metadata={
+            "doc": "Run a tiny init as PID 1 (Debian's tini-static, a trusted copy of the host's, like "
+            "`docker run --init`): it forwards signals to the command and reaps orphans. For a command "
+            "that does not handle SIGTERM/SIGINT itself (PID 1 ignores signals it has no handler for) "
+            "or that leaves zombies."
+        },
+    )
 
     @staticmethod
     def rules(p: Process) -> Issues:

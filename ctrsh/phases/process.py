@@ -118,13 +118,23 @@ def kernel_path_lines(c: Context) -> list[str]:
     return lines
 
 
+def init_prefix(c: Context) -> list[str]:
+    """`process.init`: tini (the trusted copy, run from fd 3 after the privilege drop) becomes PID 1
+    and runs the last hop as its child, which closes fd 3 and everything else before the command.
+    tini keeps fd 3 (the detached copies' tmpfs, used by nothing else). -s: without a PID namespace
+    it is not PID 1, so it registers as the subreaper of the command's orphans instead."""
+    if not c.recipe.process.init:
+        return []
+    return [f"{FD3}/{os.path.basename(c.facts.tini)}", *([] if "pid" in c.namespaces else ["-s"]), "--"]
+
+
 def start_script(c: Context) -> str:
     """PID 1's script: $1 rootfs, $2 cwd, $3 the container's PATH, $4 how many VAR=VALUE follow,
     then those, then the command."""
     loader = os.path.basename(c.facts.loader)
     run = [f"{FD3}/{loader}", "--inhibit-cache", "--library-path", FD3]  # a tool copy, with its own libraries
     setpriv = shlex.join(
-        [*run, f"{FD3}/setpriv", *setpriv_options(c), "--", *user_switch(c, run, FD3),
+        [*run, f"{FD3}/setpriv", *setpriv_options(c), "--", *user_switch(c, run, FD3), *init_prefix(c),
          f"{FD3}/busybox", "sh", "-c", CLOSE_AND_EXEC, "ctrsh-exec"]
     )  # fmt: skip
     interactive = c.recipe.process.terminal

@@ -41,7 +41,8 @@ def notes(c: Context) -> tuple[str, ...]:
 
 def tool_files(c: Context) -> tuple[str, ...]:
     user = (c.facts.unshare,) if c.recipe.security.user is not None else ()
-    return (c.facts.busybox, c.facts.setpriv, *user, c.facts.loader, *c.facts.setpriv_libs)
+    init = (c.facts.tini,) if c.recipe.process.init else ()
+    return (c.facts.busybox, c.facts.setpriv, *user, *init, c.facts.loader, *c.facts.setpriv_libs)
 
 
 def steps(c: Context) -> list[Step]:

@@ -26,7 +26,7 @@ cleanup() {
   local rc=$? i
   if ((stop)); then rc=$stop; fi
   trap - EXIT
-  trap '' INT TERM HUP  # a teardown cut short would leave the host half-changed
+  trap '' INT TERM HUP QUIT PIPE USR1 USR2 ALRM  # a teardown cut short would leave the host half-changed
   for ((i = ${#undos[@]} - 1; i >= 0; i--)); do
     eval "${undos[i]}" || echo "$0: undo failed: ${undos[i]}" >&2
   done
@@ -52,30 +52,50 @@ container_pids() {
     if [[ $p/ns/mnt -ef $container_ns && ${p#/proc/} != "$$" ]]; then echo "${p#/proc/}"; fi
   done
 }
-catches_sigint() {  # is $1 PID 1 of a PID namespace, with a handler for SIGINT?
+catches() {  # is $1 PID 1 of a PID namespace (else 2), with a handler for signal $2 (else 1)?
   local key value nspid=() caught=0
   while read -r key value; do
     case $key in
       NSpid:) read -ra nspid <<<"$value" ;;
-      SigCgt:) caught=$((16#$value >> 1 & 1)) ;;
+      SigCgt: | SigBlk:) caught=$((caught | 16#$value >> ($2 - 1) & 1)) ;;  # blocked: an init like tini takes it
     esac
   done <"/proc/$1/status" || return 2
   ((${#nspid[@]} > 1)) && [[ ${nspid[-1]} == 1 ]] || return 2
-  ((caught))
+  # tini (process.init) waits in sigtimedwait, which hides its blocked signals while it waits
+  ((caught)) || [[ $(<"/proc/$1/comm") == tini-static ]]
 }
 on_signal() {  # $1 signal, $2 exit code
   local p init=""
-  if ((container)) && [[ $1 == INT ]]; then
+  if ((container)) && [[ $1 == INT ]] && ((!stop)); then
     for p in $(container_pids); do
-      if catches_sigint "$p"; then init=$p; elif (($? == 1)); then init=none; fi
+      if catches "$p" 2; then init=$p; elif (($? == 1)); then init=none; fi
     done
     if [[ -n $init && $init != none ]]; then kill -INT "$init" 2>/dev/null || :; return; fi
   fi
-  stop=$2
+  if ((!stop)); then stop=$2; fi
   if ((container)); then stop_container; fi
 }
+# As `docker stop`: SIGTERM to PID 1, SIGKILL to all after the grace time. A PID 1 of a PID namespace
+# with no SIGTERM handler never gets it (the kernel drops it), so then SIGKILL at once.
+grace=10
+deadline=0
 stop_container() {
-  local p
+  local p inits=() others=() targets=() hard=0
+  if ((deadline == 0)); then
+    for p in $(container_pids); do
+      catches "$p" 15
+      case $? in 0) inits+=("$p") ;; 1) hard=1 ;; *) others+=("$p") ;; esac
+    done
+    targets=("${inits[@]}")
+    if ((!${#inits[@]})); then targets=("${others[@]}"); fi
+    if ((!hard && ${#targets[@]})); then
+      kill -TERM "${targets[@]}" 2>/dev/null || :
+      deadline=$((SECONDS + grace))
+      return
+    fi
+    deadline=-1
+  fi
+  if ((deadline > 0 && SECONDS < deadline)); then return; fi
   for p in $(container_pids); do
     [[ $(<"/proc/$p/comm") == script ]] || kill -KILL "$p" 2>/dev/null || :  # the relay ends with PID 1
   done
@@ -107,6 +127,11 @@ trap 'on_signal INT 130' INT
 trap 'on_signal TERM 143' TERM
 trap 'on_signal HUP 129' HUP
 trap 'on_signal PIPE 141' PIPE
+# Every other signal that would end bash with no teardown, as apply does.
+for sig in QUIT USR1 USR2 ALRM XCPU XFSZ VTALRM PROF IO PWR; do
+  # shellcheck disable=SC2064  # the signal's name and number are fixed here, on purpose
+  trap "on_signal $sig $((128 + $(kill -l "$sig")))" "$sig"
+done
 # Note: seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.
 # Note: keyrings: root inside shares host root's user keyring (keyrings are per uid; Docker's seccomp profile blocks keyctl and add_key, and only that or a user namespace would separate them).
 

@@ -196,3 +196,69 @@ def test_ctrl_c_sends_sigterm_first(ctrsh: Ctrsh) -> None:
     assert code == 130, err
     assert proc.stdout.read() == "got-term\n", err
     assert "SIGTERM, then SIGKILL after 10 s" in err
+
+
+def init_recipe(name: str, args: str) -> str:
+    return f"name: {name}\nrootfs: {{busybox: {{}}}}\nprocess:\n  init: true\n  args: {args}\n"
+
+
+def test_init_is_pid_1_and_leaks_nothing(ctrsh: Ctrsh) -> None:
+    script = "cat /proc/1/comm; ls /proc/self/fd | sort -n | tr '\\n' ' '; echo; grep NoNewPrivs /proc/1/status"
+    r = ctrsh.run("apply", "-q", ctrsh.recipe(init_recipe("test-init", json.dumps(["/bin/sh", "-c", script]))))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["tini-static", "0 1 2 3 ", "NoNewPrivs:\t1"]  # tini runs unprivileged
+
+
+def test_init_ends_a_pipeline(ctrsh: Ctrsh) -> None:
+    """`ctrsh apply r.yaml | head -1`: without an init, `yes` as PID 1 ignores SIGPIPE and never ends."""
+    proc = subprocess.Popen(
+        ctrsh.cmd("apply", "-q", ctrsh.recipe(init_recipe("test-init-pipe", "['yes']"))), env=ctrsh.env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "y\n"
+    proc.stdout.close()
+    assert proc.wait(timeout=30) == 128 + signal.SIGPIPE
+
+
+def test_init_takes_ctrl_c(ctrsh: Ctrsh) -> None:
+    """tini blocks the signals it forwards (SigBlk, not SigCgt): Ctrl-C reaches the command through it."""
+    name = "test-init-int"
+    proc = subprocess.Popen(
+        ctrsh.cmd("apply", ctrsh.recipe(init_recipe(name, "[/bin/sh, -c, 'echo ready; exec sleep 600']"))),
+        env=ctrsh.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    from ctrsh.procs import container_pids
+
+    mnt = f"{ctrsh.env['CTRSH_STATE_DIR']}/{name}/ns/mnt"
+    for _ in range(200):
+        if any(Path(f"/proc/{p}/comm").read_text().strip() == "sleep" for p in container_pids(mnt)):
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    assert proc.stderr is not None and "ignores it" not in proc.stderr.read()  # forwarded, not stopped by ctrsh
+
+
+def test_exported_script_sends_sigterm_first(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    """As apply: SIGTERM to the script reaches a PID 1 that handles it, which exits cleanly."""
+    name = "test-script-grace"
+    script = tmp_path / "run.sh"
+    assert ctrsh.run("export", ctrsh.recipe(inside_recipe(name, HANDLES_TERM)), "-o", str(script)).returncode == 0
+    proc = subprocess.Popen(["bash", str(script)], env=ctrsh.env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    wait_for_pid1(f"{ctrsh.env['CTRSH_STATE_DIR']}/{name}/ns/mnt", "sh")
+    proc.terminate()
+    assert proc.wait(timeout=30) == 143
+    assert proc.stdout.read() == "got-term\n"
+
+
+def test_exported_script_rolls_back_on_sigquit(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    name = "test-script-quit"
+    script = tmp_path / "run.sh"
+    recipe = ctrsh.recipe(inside_recipe(name, "echo ready; exec sleep 600"))
+    assert ctrsh.run("export", recipe, "-o", str(script)).returncode == 0
+    proc = subprocess.Popen(["bash", str(script)], env=ctrsh.env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGQUIT)
+    assert proc.wait(timeout=30) == 128 + signal.SIGQUIT

@@ -21,7 +21,7 @@ CASES = [
     ("unknown nested key, not also 'missing'", "name: x\nrootfs: {busybox: {}}\nprocess:\n  arg: [a]\n",
      "r.yaml:4:3: unknown key 'arg' in process; did you mean 'args'?"),
     ("unknown key, no near match", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a], zzz: 1}\n",
-     "r.yaml:3:22: unknown key 'zzz' in process (known: args, env, cwd, terminal)"),
+     "r.yaml:3:22: unknown key 'zzz' in process (known: args, env, cwd, terminal, init)"),
     ("wrong type", "name: x\nrootfs: {busybox: {}}\nprocess:\n  args: /bin/sh\n",
      "r.yaml:4:9: process.args: expected a list, got a string ('/bin/sh')"),
     ("boolean for a string", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a, yes]}\n",
