@@ -262,3 +262,43 @@ def test_exported_script_rolls_back_on_sigquit(ctrsh: Ctrsh, tmp_path: Path) -> 
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     proc.send_signal(signal.SIGQUIT)
     assert proc.wait(timeout=30) == 128 + signal.SIGQUIT
+
+
+TRACEME = r"""
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ptrace.h>
+int main(int argc, char **argv) {
+  printf("traceme=%ld\n", ptrace(PTRACE_TRACEME, 0, NULL, NULL));
+  fflush(stdout);
+  if (!strcmp(argv[1], "exec")) execl("/bin/sh", "sh", "-c", "echo after-exec", (char *)0);  /* stops: SIGTRAP */
+  for (;;) pause();
+}
+"""
+
+
+@pytest.mark.parametrize("init", [False, True])
+def test_pid1_that_makes_its_parent_its_tracer_does_not_hang(ctrsh: Ctrsh, tmp_path: Path, init: bool) -> None:
+    """amicontained's PTRACE_TRACEME: PID 1's parent (unshare, or tini for its child) becomes its tracer
+    and never resumes it; the exec stops it for good. Neither apply nor stop may wait on it forever."""
+    from .test_attack_image import gcc
+
+    probe = tmp_path / "probe"
+    gcc(tmp_path, TRACEME, probe, "-static", "-O1")
+    mount = f"mounts: [{{type: bind, source: {probe}, target: /opt/probe, readonly: true}}]\n"
+
+    def text(name: str, mode: str) -> str:
+        return f"name: {name}\nrootfs: {{busybox: {{}}}}\n{mount}process: {{init: {str(init).lower()}, args: [/opt/probe, {mode}]}}\n"
+
+    r = ctrsh.run("apply", "-q", ctrsh.recipe(text("test-traceme", "exec")), timeout=60)
+    assert r.stdout == "traceme=0\n" and r.returncode != 0, r.stderr
+    name = "test-traceme-d"
+    assert ctrsh.run("apply", "-d", ctrsh.recipe(text(name, "pause"), "d.yaml")).returncode == 0
+    try:
+        wait_log(ctrsh, name, "traceme=0")
+        st = ctrsh.run("stop", "-t", "1", name, timeout=60)
+        assert st.returncode == 0, st.stderr
+        assert ps(ctrsh)[name]["state"].startswith("exited ")  # type: ignore[union-attr]
+    finally:
+        assert ctrsh.run("destroy", name).returncode == 0
