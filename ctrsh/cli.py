@@ -87,7 +87,7 @@ def apply(
     plan, facts = _plan(recipe, state_dir, data_dir)
     from . import preflight
     from .facts import Paths
-    from .lock import LOCK_FD, NameLock, lock_path
+    from .lock import NameLock, lock_path
     from .phases import cgroups
     from .signals import Interrupted
     from .trace import Trace
@@ -102,13 +102,11 @@ def apply(
     handed_over = False
     try:
         preflight.check(plan, facts, paths)
-        if detach:
-            name_lock.at(LOCK_FD)
         oom_counter = cgroups.oom_counter(facts, plan.name)
         try:
             code = _apply_claiming(
                 plan, facts, paths, Trace(quiet=quiet), lambda: _plan(recipe, state_dir, data_dir), oom_counter,
-                grace=stop_timeout, detach=paths if detach else None,
+                grace=stop_timeout, detach=paths if detach else None, lock_fd=name_lock.fd,
             )  # fmt: skip
         except KeyboardInterrupt:
             raise typer.Exit(130) from None

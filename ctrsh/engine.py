@@ -199,20 +199,30 @@ def already_undone(undo: Argv) -> bool:
     return False
 
 
-def run_detached(argv: Argv, keep_fd: int) -> None:
-    """Start the holder (`setsid --fork`: it returns at once), passing it the lock's descriptor."""
-    import subprocess
+def run_detached(argv: Argv, lock_fd: int) -> None:
+    """Start the holder (`setsid --fork`: it returns at once), with the lock's open file on fd 9
+    (dup2 in the child only: ctrsh's own fd 9, if any, is left alone)."""
+    from .lock import LOCK_FD
 
-    dev = subprocess.DEVNULL
+    src = lock_fd if lock_fd != LOCK_FD else os.dup(lock_fd)  # dup2 onto itself would keep close-on-exec
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+        (os.POSIX_SPAWN_DUP2, src, LOCK_FD),
+    ]
     try:
-        code = subprocess.run(argv, stdin=dev, stdout=dev, stderr=dev, pass_fds=(keep_fd,), check=False).returncode
+        pid = os.posix_spawnp(argv[0], argv, dict(os.environ), file_actions=actions)
     except FileNotFoundError:
         raise StepFailed(_failure(argv, "command not found", b"")) from None
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if src != lock_fd:
+        os.close(src)
     if code != 0:
         raise StepFailed(_failure(argv, f"exit code {code}", b""))
 
 
-def _detach(plan: Plan, step: Step, paths: Paths, trace: Trace, signals: Signals) -> None:
+def _detach(plan: Plan, step: Step, paths: Paths, trace: Trace, signals: Signals, lock_fd: int) -> None:
     """The container's start step under the holder (lifecycle.HOLDER); back once PID 1 runs."""
     from . import lifecycle
     from .lock import LOCK_FD
@@ -223,7 +233,7 @@ def _detach(plan: Plan, step: Step, paths: Paths, trace: Trace, signals: Signals
     held = lifecycle.holder_step(step, paths)
     trace.step(held)
     trace.note(f"(fd {LOCK_FD}: the name's lock, passed on to the holder)")
-    run_detached(held.argv, LOCK_FD)
+    run_detached(held.argv, lock_fd)
     signals.check()
     pid = lifecycle.wait_running(paths)
     if pid is None:
@@ -244,6 +254,7 @@ def apply(
     oom_counter: str | None = None,
     grace: float | None = None,
     detach: Paths | None = None,
+    lock_fd: int = -1,
 ) -> int:
     """Run every step, then tear down; return the container's exit code.
 
@@ -251,7 +262,7 @@ def apply(
     exited (and before teardown removes it) to say so, and exit 137, if the OOM killer struck.
     grace: seconds between SIGTERM and SIGKILL when ctrsh is told to stop the container.
     detach: run the container under a holder (lifecycle.HOLDER) and return once it runs, leaving
-    the journal for `ctrsh stop`/`destroy` (the name's lock is passed on, on lock.LOCK_FD)."""
+    the journal for `ctrsh stop`/`destroy` (the name's lock, open on lock_fd, is passed on to it)."""
     journal = Journal(journal_path)
     signals = Signals(mnt_nsfile, trace)
     if grace is not None:
@@ -266,7 +277,7 @@ def apply(
                     journal.shared(step)
                     continue
                 if step.foreground and detach is not None:
-                    _detach(plan, step, detach, trace, signals)
+                    _detach(plan, step, detach, trace, signals, lock_fd)
                     return 0
                 trace.step(step)
                 journal.intend(step)  # before it runs: a kill -9 mid-step still leaves its undo for destroy

@@ -54,13 +54,6 @@ class NameLock:
     def held(self) -> bool:
         return self.fd >= 0
 
-    def at(self, number: int) -> None:
-        """Move the lock's descriptor to this number, for a holder to inherit."""
-        if self.fd != number:
-            os.dup2(self.fd, number, inheritable=False)
-            os.close(self.fd)
-            self.fd = number
-
     def release(self, remove: bool = True) -> None:
         """Drop the lock; remove the file first when the container is gone (else keep it for the holder)."""
         if self.fd < 0:
