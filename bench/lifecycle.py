@@ -95,7 +95,10 @@ def main() -> None:
     finally:
         subprocess.run([ctrsh, "destroy", "--all", "--force"], env=env, cwd=ROOT, check=False, capture_output=True)
         subprocess.run(["rm", "-rf", "--one-file-system", str(base)], check=False)
-    print("N   running  start: total   each(median) first    last   | ps      | destroy: total  each  | per container: Pss   Rss")
+    print(
+        "N   running  start: total   each(median) first    last   | ps      | destroy: total  each  "
+        "| per container: Pss   Rss"
+    )
     for r in rows:
         print(
             f"{r['count']:<4}{r['running']:>7}  {r['start_total']:10.2f}s {r['start_each'] * 1000:8.0f}ms"

@@ -311,7 +311,7 @@ def ps(
     """List containers: name, state (running, exited N, stopped), PID 1 on the host, uptime, command."""
     from . import lifecycle
 
-    facts = _facts_for(None, state_dir, data_dir, None)
+    facts = _facts_for(None, state_dir, data_dir, "ps")  # the state dir and the locks are root's alone
     sys.stdout.write(lifecycle.render_ps([lifecycle.status(facts, n) for n in lifecycle.names(facts)], as_json))
 
 
@@ -329,7 +329,7 @@ def logs(
     from .facts import Paths
     from .trace import Trace
 
-    facts = _facts_for(name, state_dir, data_dir, None)
+    facts = _facts_for(name, state_dir, data_dir, "logs")
     argv = lifecycle.logs_argv(Paths(facts, name), follow)
     Trace().command(" ".join(__import__("shlex").quote(a) for a in argv))
     with contextlib.suppress(KeyboardInterrupt):

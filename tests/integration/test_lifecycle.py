@@ -302,3 +302,41 @@ def test_pid1_that_makes_its_parent_its_tracer_does_not_hang(ctrsh: Ctrsh, tmp_p
         assert ps(ctrsh)[name]["state"].startswith("exited ")  # type: ignore[union-attr]
     finally:
         assert ctrsh.run("destroy", name).returncode == 0
+
+
+def test_two_applies_of_one_name_at_once(ctrsh: Ctrsh) -> None:
+    """Started together, both pass the name check before either made anything: the lock lets one through."""
+    name = "test-race"
+    recipe = ctrsh.recipe(inside_recipe(name, "echo ready; exec sleep 600"))
+    procs = [
+        subprocess.Popen(
+            ctrsh.cmd("apply", "-q", "-d", recipe),
+            env=ctrsh.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = sorted((p.wait(timeout=120), p.communicate()[1]) for p in procs)
+    try:
+        assert [code for code, _ in results] == [0, 125], results
+        assert "is running" in results[1][1] or "already exists" in results[1][1]
+        assert ps(ctrsh)[name]["state"] == "running"
+    finally:
+        assert ctrsh.run("destroy", "--force", name).returncode == 0
+
+
+def test_exec_with_a_terminal(ctrsh: Ctrsh) -> None:
+    name = "test-exec-tty"
+    assert ctrsh.run("apply", "-d", ctrsh.recipe(inside_recipe(name, "exec sleep 600"))).returncode == 0
+    try:
+        cmd = " ".join(ctrsh.cmd("exec", "-it", name, "/bin/sh", "-c", "'tty; [ -t 0 ] && echo stdin-tty'"))
+        r = subprocess.run(["script", "-qec", cmd, "/dev/null"], env=ctrsh.env, cwd=ROOT, capture_output=True,
+                           text=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = r.stdout.replace("\r", "")
+        assert "/dev/pts/" in out and "stdin-tty" in out, out
+    finally:
+        assert ctrsh.run("destroy", "--force", name).returncode == 0
