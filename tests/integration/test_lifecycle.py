@@ -332,11 +332,15 @@ def test_exec_with_a_terminal(ctrsh: Ctrsh) -> None:
     name = "test-exec-tty"
     assert ctrsh.run("apply", "-d", ctrsh.recipe(inside_recipe(name, "exec sleep 600"))).returncode == 0
     try:
-        cmd = " ".join(ctrsh.cmd("exec", "-it", name, "/bin/sh", "-c", "'tty; [ -t 0 ] && echo stdin-tty'"))
+        cmd = " ".join(ctrsh.cmd("exec", "-it", name, "/bin/sh", "-c", "'[ -t 0 ] && [ -t 1 ] && echo both-tty'"))
         r = subprocess.run(["script", "-qec", cmd, "/dev/null"], env=ctrsh.env, cwd=ROOT, capture_output=True,
                            text=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
-        out = r.stdout.replace("\r", "")
-        assert "/dev/pts/" in out and "stdin-tty" in out, out
+        assert "both-tty" in r.stdout.replace("\r", "")
+        # without -t: no terminal, even when ctrsh has one (its output is relayed through pipes)
+        cmd = " ".join(ctrsh.cmd("exec", name, "/bin/sh", "-c", "'[ -t 1 ] || echo no-tty'"))
+        r = subprocess.run(["script", "-qec", cmd, "/dev/null"], env=ctrsh.env, cwd=ROOT, capture_output=True,
+                           text=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+        assert "no-tty" in r.stdout.replace("\r", ""), r.stdout
     finally:
         assert ctrsh.run("destroy", "--force", name).returncode == 0
