@@ -165,6 +165,7 @@ def destroy(
     from .facts import Paths, detect
     from .ipam import leftover_network, leftover_releases
     from .journal import Journal
+    from .names import leftover_hosts
     from .recipe import check_name
     from .trace import Trace
 
@@ -176,6 +177,9 @@ def destroy(
     for release in leftover_releases(paths.facts, name):  # claims made but not yet journaled when killed
         if release not in journal.undos:
             journal.entries.append((release, None))
+    for rewrite in leftover_hosts(paths.facts, name):  # the names step ran, its undo not yet journaled
+        if rewrite not in journal.undos:
+            journal.entries.append((rewrite, None))
     if not journal.entries:
         raise UsageError(f"no container {name!r} here: nothing of it in {paths.state}, {paths.layer} or netns")
     failed = engine.undo_all(journal, Trace(), paths.nsfile("mnt"))

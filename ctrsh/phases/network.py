@@ -9,7 +9,7 @@ address and a default route, then forwarding and NAT with iptables.
 
 from __future__ import annotations
 
-from .. import firewall, ipam
+from .. import firewall, ipam, names
 from ..netconfig import BridgeNet
 from ..plan import Step
 from . import Context
@@ -109,6 +109,7 @@ def bridge_steps(c: Context, b: BridgeNet, lo: Step) -> list[Step]:
             why="Forward the replies to them (under a DROP policy, new connections in only reach published ports).",
         ),
     ]  # fmt: skip
+    out.append(names.step(facts, b.bridge, name))
     out += publish_steps(c, b)
     return out
 

@@ -249,8 +249,11 @@ mkdir "$1"; d=$1; shift
 while [ $# -gt 0 ]; do printf "%s" "$2" >"$d/$1"; shift 2; done' ctrsh-etc /run/ctrsh/web/etc hostname 'web
 ' hosts '127.0.0.1	localhost
 ::1	localhost ip6-localhost ip6-loopback
-127.0.1.1	web
+10.88.0.2	web
 ' resolv.conf 'nameserver 192.0.2.53
+' hosts.base '127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+10.88.0.2	web
 '
 # /etc/hostname: this container's own, bound over the image's (which stays unchanged).
 nsenter --mount=/run/ctrsh/web/ns/mnt -- mount --bind /run/ctrsh/web/etc/hostname /run/ctrsh/web/rootfs/etc/hostname
@@ -455,6 +458,63 @@ if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes 
   rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
 fi
 '"'"' ctrsh-unshare /run/ctrsh/network/forward-back-ctrsh0 web filter -I FORWARD -o ctrsh0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0'
+# Names: rewrite the /etc/hosts of every container on ctrsh0 (this one included) in place, from the leases, under the same lock: each lists the others by name. The undo rewrites them without this one.
+flock /run/ctrsh sh -euc 'state=$1 leases=$2 gone=$3 mark=$4
+nl='"'"'
+'"'"'
+list=
+for f in "$leases"/*; do
+  [ -f "$f" ] || continue
+  a=${f##*/}
+  case $a in *[!0-9.]*) continue ;; esac
+  m=
+  read -r m <"$f" || true
+  case $m in '"'"''"'"' | *[!a-z0-9-]*) continue ;; esac
+  [ "$m" != "$gone" ] && [ -d "$state/$m" ] || continue  # a lease of a container that is gone is free
+  list="$list$a $m$nl"
+done
+IFS=$nl
+set -f
+for entry in $list; do
+  d="$state/${entry#* }/etc"
+  [ -f "$d/hosts.base" ] && [ -f "$d/hosts" ] || continue
+  {
+    while IFS= read -r line; do printf '"'"'%s\n'"'"' "$line"; done <"$d/hosts.base"
+    printf '"'"'%s\n'"'"' "$mark"
+    for other in $list; do
+      [ "$other" = "$entry" ] || printf '"'"'%s\t%s\n'"'"' "${other% *}" "${other#* }"
+    done
+  } >"$d/hosts"
+done
+' ctrsh-hosts /run/ctrsh /run/ctrsh/network/leases-ctrsh0 '' '# ctrsh: the other containers on this bridge (kept current by ctrsh)'
+undo 'flock /run/ctrsh sh -euc '"'"'state=$1 leases=$2 gone=$3 mark=$4
+nl='"'"'"'"'"'"'"'"'
+'"'"'"'"'"'"'"'"'
+list=
+for f in "$leases"/*; do
+  [ -f "$f" ] || continue
+  a=${f##*/}
+  case $a in *[!0-9.]*) continue ;; esac
+  m=
+  read -r m <"$f" || true
+  case $m in '"'"'"'"'"'"'"'"''"'"'"'"'"'"'"'"' | *[!a-z0-9-]*) continue ;; esac
+  [ "$m" != "$gone" ] && [ -d "$state/$m" ] || continue  # a lease of a container that is gone is free
+  list="$list$a $m$nl"
+done
+IFS=$nl
+set -f
+for entry in $list; do
+  d="$state/${entry#* }/etc"
+  [ -f "$d/hosts.base" ] && [ -f "$d/hosts" ] || continue
+  {
+    while IFS= read -r line; do printf '"'"'"'"'"'"'"'"'%s\n'"'"'"'"'"'"'"'"' "$line"; done <"$d/hosts.base"
+    printf '"'"'"'"'"'"'"'"'%s\n'"'"'"'"'"'"'"'"' "$mark"
+    for other in $list; do
+      [ "$other" = "$entry" ] || printf '"'"'"'"'"'"'"'"'%s\t%s\n'"'"'"'"'"'"'"'"' "${other% *}" "${other#* }"
+    done
+  } >"$d/hosts"
+done
+'"'"' ctrsh-hosts /run/ctrsh /run/ctrsh/network/leases-ctrsh0 web '"'"'# ctrsh: the other containers on this bridge (kept current by ctrsh)'"'"''
 # Publish host port 8080/tcp: packets from other hosts to any of this host's addresses go to 10.88.0.2:80. Only to local addresses: traffic passing through keeps its destination.
 iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -p tcp --dport 8080 -j DNAT --to-destination 10.88.0.2:80 -m comment --comment ctrsh:web
 undo 'sh -euc '"'"'t=$1 ch=$2
