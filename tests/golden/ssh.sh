@@ -676,6 +676,10 @@ exec -a env /proc/self/exe -i "$@"
 '"'"' ctrsh-exec "$@"
 ' ctrsh-start /run/ctrsh/ssh/rootfs / /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin 3 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root HOSTNAME=ssh /bin/sh -c 'set -e
 mkdir -p -m 0755 /run/sshd
+if [ ! -e /etc/ssh/.own-host-keys ]; then
+  rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+  : > /etc/ssh/.own-host-keys
+fi
 ssh-keygen -A
 /usr/sbin/sshd -D -e -o UsePAM=no &
 sshd=$!
