@@ -682,10 +682,17 @@ if [ ! -e /etc/ssh/.own-host-keys ]; then
 fi
 ssh-keygen -A
 /usr/sbin/sshd -D -e -o UsePAM=no &
-sshd=$!
-trap '"'"'kill -TERM "$sshd"'"'"' TERM INT
+sshd=$! stop=
+trap '"'"'stop=1; kill -TERM "$sshd"'"'"' TERM INT
 echo "sshd listening on port 22 (pid $sshd)"
-wait "$sshd" || wait "$sshd"
+code=0
+wait "$sshd" || code=$?
+if [ -n "$stop" ]; then  # asked to stop: wait for sshd to finish, then end cleanly
+  wait "$sshd" || true
+  echo "stopped"
+  exit 0
+fi
+exit "$code"
 '
 if ((stop)); then exit "$stop"; fi
 

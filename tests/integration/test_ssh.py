@@ -22,7 +22,7 @@ from .conftest import ROOT, Ctrsh
 from .test_container import shipped
 from .test_images import DEBIAN_CACHE
 from .test_names import Lines
-from .test_network import own_address  # noqa: F401 (a fixture)
+from .test_network import own_address, start  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +62,7 @@ def ssh(key: Path, address: str, tries: int = 100) -> subprocess.CompletedProces
             f"root@{address}", "hostname"]  # fmt: skip
     for _ in range(tries):
         r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-        if r.returncode != 255:  # 255: ssh itself failed (not yet listening); else the command's code
+        if r.returncode != 255 or "Permission denied" in r.stderr:  # else not listening yet
             return r
         time.sleep(0.2)
     return r
@@ -101,3 +101,41 @@ def test_ssh_recipe_logs_in_on_loopback_and_the_hosts_own_address(
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=120)
     assert code == 143, proc.stderr.read() if proc.stderr else ""
+
+
+def container_pid1(state: str, name: str) -> int:
+    """The host pid of the container's PID 1: in its mount namespace, pid 1 in its own pid namespace."""
+    ino = os.stat(f"{state}/{name}/ns/mnt").st_ino
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/mnt").st_ino != ino:
+                    continue
+                status = Path(f"/proc/{entry}/status").read_text()
+            except OSError:
+                continue
+            nspid = next(line for line in status.splitlines() if line.startswith("NSpid:")).split()
+            if nspid[-1] == "1" and len(nspid) > 2:
+                return int(entry)
+    raise AssertionError("no PID 1 found")
+
+
+def test_ssh_init_forwards_sigterm_to_sshd(ssh_ctrsh: Ctrsh, tmp_path: Path) -> None:
+    """SIGTERM to the container's PID 1 (what a `stop` sends): the init shell passes it on to sshd, waits
+    for it and ends with 0, so the container stops by itself and apply tears it down and exits 0."""
+    (tmp_path / "authorized_keys").write_text("")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    proc = start(ssh_ctrsh, ssh_ctrsh.recipe(shipped("ssh", "test-sshterm"), "ssh.yaml"))
+    try:
+        out = Lines(proc)
+        assert [out.next(timeout=120).split(" ")[0] for _ in range(2)] == ["ssh-keygen:", "sshd"]
+        assert "Permission denied" in ssh(tmp_path / "key", "127.0.0.1").stderr  # sshd is up (no key may log in)
+        os.kill(container_pid1(ssh_ctrsh.env["CTRSH_STATE_DIR"], "test-sshterm"), signal.SIGTERM)
+        assert out.next() == "stopped"
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Received signal 15; terminating." in err, err[-4000:]  # sshd's own log: it got the signal
