@@ -112,3 +112,31 @@ def test_a_container_cannot_plant_names_in_anothers_hosts_file(ctrsh: Ctrsh) -> 
     finally:
         e.send_signal(signal.SIGTERM)
         assert e.wait(timeout=60) == 143
+
+
+def test_destroy_after_a_kill_takes_the_name_out_even_without_its_journaled_undo(ctrsh: Ctrsh) -> None:
+    import json
+
+    state = Path(ctrsh.env["CTRSH_STATE_DIR"])
+    a = start(ctrsh, ctrsh.recipe(bridge_recipe("test-namekeep", "echo ready; exec sleep 60"), "a.yaml"))
+    try:
+        assert Lines(a).next() == "ready"
+        b = start(ctrsh, ctrsh.recipe(bridge_recipe("test-namekill", "echo ready; exec sleep 60"), "b.yaml"))
+        assert Lines(b).next() == "ready"
+        hosts_a = state / "test-namekeep" / "etc" / "hosts"
+        assert hosts_a.read_text().endswith(f"{MARK}\n10.88.0.3\ttest-namekill\n")
+        b.kill()  # SIGKILL: no teardown
+        b.wait(timeout=30)
+        # as if ctrsh had been killed after the names step ran and before its undo reached the journal
+        journal = state / "test-namekill" / "journal"
+        undos = json.loads(journal.read_text())["undo"]
+        kept = [u for u in undos if "ctrsh-hosts" not in u]
+        assert len(kept) == len(undos) - 1
+        journal.write_text(json.dumps({"undo": kept}))
+        r = ctrsh.run("destroy", "test-namekill")
+        assert r.returncode == 0, r.stderr
+        assert "ctrsh-hosts" in r.stderr
+        assert hosts_a.read_text().endswith(f"10.88.0.2\ttest-namekeep\n{MARK}\n")
+    finally:
+        a.send_signal(signal.SIGTERM)
+        assert a.wait(timeout=60) == 143
