@@ -142,14 +142,12 @@ def export(
     data_dir: DataDir = None,
 ) -> None:
     """Write a standalone bash script that does what `apply` does: `ctrsh export r.yaml > r.sh; sudo bash r.sh`."""
-    from .export import export_script
+    from .export import export_script, write_script
 
     compiled, _ = _plan(recipe, state_dir, data_dir)
     text = export_script(compiled)
     if output:
-        with open(output, "w") as f:
-            f.write(text)
-        os.chmod(output, 0o755)
+        write_script(output, text)
     else:
         sys.stdout.write(text)
 
@@ -161,7 +159,7 @@ def destroy(
     data_dir: DataDir = None,
 ) -> None:
     """Tear down a container left behind (ctrsh was killed): kill its processes, run its journaled undos."""
-    from . import engine, preflight
+    from . import engine, owner, preflight
     from .facts import Paths, detect
     from .ipam import leftover_network, leftover_releases
     from .journal import Journal
@@ -173,21 +171,25 @@ def destroy(
         raise UsageError(msg)
     preflight.require_root("destroy")
     paths = Paths(detect(state_dir, data_dir), name)
-    journal = engine.leftover_journal(paths)
-    for release in leftover_releases(paths.facts, name):  # claims made but not yet journaled when killed
-        if release not in journal.undos:
-            journal.entries.append((release, None))
-    for rewrite in leftover_hosts(paths.facts, name):  # the names step ran, its undo not yet journaled
-        if rewrite not in journal.undos:
-            journal.entries.append((rewrite, None))
-    if not journal.entries:
+    undos, refused = owner.leftovers(paths)  # only what this ctrsh made: marked dirs, known undos
+    # Claims made but not yet journaled when ctrsh was killed: read off ctrsh's own registry.
+    undos += [r for r in leftover_releases(paths.facts, name) if r not in undos]
+    # The names step ran but its undo was not journaled: rewrite the bridge's hosts files without it.
+    undos += [r for r in leftover_hosts(paths.facts, name) if r not in undos]
+    if not undos and not refused:
         raise UsageError(f"no container {name!r} here: nothing of it in {paths.state}, {paths.layer} or netns")
-    failed = engine.undo_all(journal, Trace(), paths.nsfile("mnt"))
+    failed = []
+    # Processes are found through the namespace file in the state dir, and the journal kept
+    # there: only in a marked one ("" = none: nothing is looked up or written).
+    ours = not owner.not_ours(paths.state, paths)
+    mnt = paths.nsfile("mnt") if ours else ""
+    if undos:
+        failed = engine.undo_all(Journal(paths.journal if ours else "", [(u, None) for u in undos]), Trace(), mnt)
     rest = leftover_network(paths.facts, name)  # a step ran but its undo never reached the journal
-    if rest:
-        failed += engine.undo_all(Journal(paths.journal, [(undo, None) for undo in rest]), Trace(), paths.nsfile("mnt"))
-    if failed:
-        raise CtrshError("teardown incomplete:\n" + "\n".join(failed))
+    if rest:  # the veth of this container's name and rules tagged ctrsh:NAME, found on the host
+        failed += engine.undo_all(Journal("", [(undo, None) for undo in rest]), Trace(), mnt)
+    if failed or refused:
+        raise CtrshError("teardown incomplete:\n" + "\n".join(refused + failed))
 
 
 def _size(n: int) -> str:

@@ -8,18 +8,16 @@ run in reverse, so the host ends as it began.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from . import oom, procs
+from . import oom, procs, safepath
 from .errors import StepFailed
-from .facts import Paths
 from .journal import Journal
-from .plan import Argv, Plan
+from .plan import Argv, Plan, join
 from .signals import Interrupted, Signals, shielded
 from .trace import Trace
 
@@ -40,8 +38,11 @@ def run_step(argv: Argv) -> None:
     gets the signal and acts on it once the step is done and its undo recorded.
     """
     sh = _sh()
+    program = safepath.resolve(argv[0])
+    if program is None:
+        raise StepFailed(_failure(argv, f"command not found in {safepath.SAFE_PATH}", b""))
     try:
-        sh.Command(argv[0])(*argv[1:], _tty_out=False, _in=None, _new_session=True)
+        sh.Command(program)(*argv[1:], _tty_out=False, _in=None, _new_session=True, _env=safepath.environ())
     except sh.ErrorReturnCode as e:
         raise StepFailed(_failure(argv, f"exit code {e.exit_code}", e.stderr or e.stdout)) from None
     except sh.CommandNotFound:
@@ -67,7 +68,7 @@ def run_live(argv: Argv) -> None:
 def _failure(argv: Argv, how: str, output: bytes) -> str:
     lines = output.decode(errors="replace").rstrip().splitlines()[-TAIL_LINES:]
     detail = "".join(f"\n    {line}" for line in lines)
-    return f"{shlex.join(argv)}\n  {how}{detail}"
+    return f"{join(argv)}\n  {how}{detail}"
 
 
 def run_foreground(argv: Argv, relay: bool = False) -> int:
@@ -79,15 +80,20 @@ def run_foreground(argv: Argv, relay: bool = False) -> int:
     reaches it through a pipe that ctrsh copies to the terminal (as `docker run` without -t does),
     and a terminal on stdin is replaced by /dev/null."""
     sh = _sh()
+    env = {"_env": safepath.environ()}
     if not (relay and (os.isatty(1) or os.isatty(2))):
-        return _exit_code(sh, argv, {"_fg": True})
+        return _exit_code(sh, argv, {"_fg": True, **env})
     with _relayed() as (out, err, stdin):
-        return _exit_code(sh, argv, {"_out": out, "_err": err, "_in": stdin, "_tty_in": False, "_tty_out": False})
+        options = {"_out": out, "_err": err, "_in": stdin, "_tty_in": False, "_tty_out": False, **env}
+        return _exit_code(sh, argv, options)
 
 
 def _exit_code(sh: Any, argv: Argv, options: dict[str, Any]) -> int:
+    program = safepath.resolve(argv[0])
+    if program is None:
+        raise StepFailed(_failure(argv, f"command not found in {safepath.SAFE_PATH}", b""))
     try:
-        sh.Command(argv[0])(*argv[1:], **options)
+        sh.Command(program)(*argv[1:], **options)
     except sh.ErrorReturnCode as e:
         code: int = e.exit_code
         return 128 - code if code < 0 else code
@@ -148,42 +154,13 @@ def undo_all(journal: Journal, trace: Trace, mnt_nsfile: str) -> list[str]:
         if journal.undos:
             trace.note("teardown: undo what ran, newest first")
         for undo in reversed(journal.undos):
-            trace.command(shlex.join(undo))
+            trace.command(join(undo))
             try:
                 run_step(undo)
                 journal.forget(undo)
             except (StepFailed, OSError) as e:  # OSError: the journal could not be saved; carry on
                 failed.append(str(e))
     return failed
-
-
-def leftover_journal(paths: Paths) -> Journal:
-    """The undos of a container whose ctrsh died: its journal, or, if it died before writing one,
-    the undos of whatever of the container's is still there."""
-    from .phases import cgroups
-
-    # The cgroup holds every process of the container, also ones that left its namespaces: kill it
-    # even if ctrsh died between making it and journaling its undo (the undo is idempotent).
-    kill = cgroups.kill_undo(paths.facts, paths.name)
-    cgroup_left = any(os.path.isdir(d) for d in cgroups.cgroup_dirs(paths.facts, paths.name))
-    if os.path.exists(paths.journal):
-        journal = Journal.load(paths.journal)
-        if cgroup_left and kill not in journal.undos:
-            journal.entries.append((kill, None))
-        return journal
-    found: list[Argv] = []  # in the order apply creates them; undone in reverse
-    if os.path.isdir(paths.state):
-        found.append(("rm", "-rf", "--one-file-system", paths.state))
-    if os.path.ismount(paths.ns):
-        found.append(("umount", "--recursive", paths.ns))
-    if os.path.exists(f"/run/netns/{paths.netns}"):
-        found.append(("ip", "netns", "delete", paths.netns))
-    if os.path.isdir(paths.layer):
-        found.append(("rm", "-rf", "--one-file-system", paths.layer))
-    if cgroup_left:
-        parents = cgroups.parents(paths.facts)
-        found += [("sh", "-c", cgroups.RMDIR_UNUSED, "ctrsh-rmdir", *parents), kill]
-    return Journal(paths.journal, [(undo, None) for undo in found])
 
 
 def apply(plan: Plan, journal_path: str, mnt_nsfile: str, trace: Trace, oom_counter: str | None = None) -> int:

@@ -6,11 +6,16 @@ trap: on success, on a failing step (set -e), and on Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
+import os
 import shlex
+import stat
+import tempfile
 from itertools import groupby
 
 from . import __version__
+from .errors import CtrshError
 from .plan import PHASES, Plan
+from .safepath import SAFE_PATH
 
 HEADER = """\
 #!/usr/bin/env bash
@@ -19,7 +24,10 @@ HEADER = """\
 # Run it as root. Everything it changes on the host is undone when it exits,
 # fails or is interrupted: each step that changes the host registers its undo.
 # shellcheck disable=SC2016  # '$1' in single quotes is for the inner sh, by design
+# shellcheck disable=SC2174  # mkdir -p -m: the mode is meant for the last dir only
 set -euo pipefail
+# The tools this runs as root come from a fixed PATH (as sudo's secure_path), never the caller's.
+export PATH={safe_path}
 
 if [[ $EUID -ne 0 ]]; then
   echo "$0: run this as root, e.g. sudo bash $0" >&2
@@ -130,6 +138,7 @@ def export_script(plan: Plan) -> str:
             source=plan.source,
             nsfile=shlex.quote(plan.container_ns),
             terminal=int(plan.terminal),
+            safe_path=SAFE_PATH,
         )
     ]
     out += [f"# Note: {note}\n" for note in plan.notes]
@@ -157,3 +166,38 @@ def export_script(plan: Plan) -> str:
     out.append('if ((stop)); then exit "$stop"; fi\n')
     out.append("\n# The EXIT trap now tears everything down: the undos above, newest first.\n")
     return "".join(out)
+
+
+def write_script(path: str, text: str) -> None:
+    """Write the script to `path` without ever writing or chmodding through a symlink.
+
+    `-o` may name a file in a shared directory (/tmp), where another user can
+    plant a symlink at that name: the script is written to a new temp file
+    (O_CREAT|O_EXCL, made by mkstemp) beside it, made executable through its own
+    descriptor, and renamed over `path`; rename replaces a link, never its target.
+    An existing `path` that is not a regular file (a symlink, a device, a dir)
+    is refused.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise CtrshError(f"cannot write {path}: {e.strerror}") from None
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise CtrshError(f"refusing to write {path}: it exists and is {kind}; remove it or choose another name")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ctrsh-export-")
+    except OSError as e:
+        raise CtrshError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            os.fchmod(f.fileno(), 0o755)
+        os.rename(tmp, path)
+    except OSError as e:
+        os.unlink(tmp)
+        raise CtrshError(f"cannot write {path}: {e.strerror}") from None

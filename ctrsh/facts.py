@@ -112,8 +112,17 @@ class Paths:
 
     @property
     def netns(self) -> str:
-        """The `ip netns` name; prefixed so ctrsh never touches a namespace it did not create."""
-        return f"ctrsh-{self.name}"
+        """The `ip netns` name; prefixed so ctrsh never touches a namespace it did not create.
+
+        Tied to the state dir: `ctrsh-NAME` for the default one, and with 8 hex
+        digits of the state dir's sha256 otherwise, so two instances with
+        different --state-dir never touch each other's (at most 78 bytes of 255).
+        """
+        if self.facts.state_dir == DEFAULT_STATE:
+            return f"ctrsh-{self.name}"
+        import hashlib
+
+        return f"ctrsh-{hashlib.sha256(self.facts.state_dir.encode()).hexdigest()[:8]}-{self.name}"
 
     @property
     def journal(self) -> str:
@@ -153,7 +162,19 @@ def check_dir(path: str, what: str) -> str:
             f"{what} must be an absolute path other than '/', without ',', ':', quotes, backslashes "
             f"or white space: {path!r}"
         )
+    # The overlay mount's options hold the data dir three times (lowerdir, upperdir,
+    # workdir), and the kernel takes at most one page (4096 bytes) of options.
+    if len(norm.encode()) > MAX_DIR:
+        raise UsageError(
+            f"{what} is {len(norm.encode())} bytes long; at most {MAX_DIR}: overlayfs' mount options hold it "
+            "three times and the kernel limits them to one page (4096 bytes)"
+        )
     return norm
+
+
+# Three data dir paths of this length, each with a container's name (63) and a
+# suffix, leave room within overlay's 4096 bytes of options.
+MAX_DIR = 1024
 
 
 def setpriv_deps(setpriv: str) -> tuple[str, tuple[str, ...]] | None:

@@ -22,6 +22,38 @@ PHASES: dict[Phase, str] = {
 Argv = tuple[str, ...]
 
 
+def quote(arg: str) -> str:
+    """shlex.quote, made safe for a human reading `plan`, the trace or `export`.
+
+    A multi-line value (a script for `sh -c`) stays one '...' span over its
+    lines, as a learner would write it. Any other character that is not
+    printable (a carriage return, ESC, a bidi override: the recipe refuses
+    them, this is the last line of defence) is written in bash's $'...' form,
+    escaped, so it can neither move the cursor nor hide text.
+    """
+    if all(c.isprintable() or c in "\n\t" for c in arg):
+        return shlex.quote(arg)
+    out = []
+    for c in arg:
+        if c in "\\'":
+            out.append("\\" + c)
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\t":
+            out.append("\\t")
+        elif c.isprintable():
+            out.append(c)
+        elif ord(c) < 0x100:
+            out.append(f"\\x{ord(c):02x}")
+        else:
+            out.append(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}")
+    return "$'" + "".join(out) + "'"
+
+
+def join(argv: Argv) -> str:
+    return " ".join(quote(a) for a in argv)
+
+
 @dataclass(frozen=True)
 class Step:
     """One real command. Never a string for a shell: `argv` is passed as is."""
@@ -37,11 +69,11 @@ class Step:
 
     @property
     def command(self) -> str:
-        return shlex.join(self.argv)
+        return join(self.argv)
 
     @property
     def undo_command(self) -> str | None:
-        return shlex.join(self.undo) if self.undo else None
+        return join(self.undo) if self.undo else None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ import struct
 
 from .errors import CtrshError, UsageError
 from .facts import Facts, Paths
-from .plan import Plan
+from .plan import Argv, Plan
+from .safepath import SAFE_PATH
 
 # Debian package for each tool a plan may call, for the "install X" hint.
 PACKAGES = {
@@ -40,13 +41,51 @@ def require_root(what: str) -> None:
         raise UsageError(f"`ctrsh {what}` needs root (namespaces, mounts): run it with sudo")
 
 
+# Wrappers whose argv, after their own options and `--`, is another host command.
+WRAPPERS = ("nsenter", "unshare")
+
+
+def step_tools(argv: Argv) -> list[str]:
+    """The host programs one step runs: argv[0] and, through each wrapper, the command after its `--`.
+
+    Read off the known wrappers' structure, never by scanning for `--`: past
+    the first program that is not a wrapper (`sh`, `env`) come its arguments
+    and the recipe's values (`args: [/bin/echo, --, hello]`), not tools.
+    """
+    found = [argv[0]]
+    while os.path.basename(argv[0]) in WRAPPERS and "--" in argv:
+        argv = argv[argv.index("--") + 1 :]
+        if not argv:
+            break
+        found.append(argv[0])
+    return found
+
+
 def tools(plan: Plan) -> list[str]:
-    """Every program the plan executes on the host: argv[0], and what nsenter/unshare run after `--`."""
+    """Every program the plan executes on the host."""
     found: list[str] = list(INNER_TOOLS)
     for step in plan.steps:
-        found.append(step.argv[0])
-        found += [step.argv[i + 1] for i, a in enumerate(step.argv[:-1]) if a == "--"]
+        found += step_tools(step.argv)
     return list(dict.fromkeys(found))
+
+
+def check_dirs(facts: Facts) -> None:
+    """The state and data dirs, or the dirs above them that exist, must be root's alone.
+
+    Every step runs as root on paths under them: in a dir another user can
+    write, that user could swap a path for a symlink between two steps, and
+    `rm -rf` or `mount` would follow it; `destroy` would not trust it either.
+    """
+    from .owner import trusted_dir
+
+    for what, path in (("state dir", facts.state_dir), ("data dir", facts.data_dir)):
+        existing = path
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        if why := trusted_dir(existing):
+            raise UsageError(
+                f"{what} {path}: {why}; ctrsh runs as root there and would follow a link another user planted"
+            )
 
 
 class NameInUse(CtrshError):
@@ -60,7 +99,8 @@ def check(plan: Plan, facts: Facts, paths: Paths) -> None:
             f"a container named {plan.name!r} already exists (in {paths.state} or {paths.layer}); "
             f"if it is left over from a crash, `ctrsh destroy {plan.name}` removes it"
         )
-    missing = [t for t in tools(plan) if shutil.which(t) is None]
+    check_dirs(facts)
+    missing = [t for t in tools(plan) if shutil.which(t, path=SAFE_PATH) is None]
     if not os.path.exists(facts.busybox) and any(facts.busybox in s.argv for s in plan.steps):
         missing.append("busybox")
     building = [s for s in plan.steps if s.creates and not os.path.lexists(s.creates)]

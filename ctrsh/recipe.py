@@ -16,15 +16,33 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-from . import schema
+from . import schema, yamlload
 from .errors import Problem, RecipeError
 
 Namespace = Literal["mount", "uts", "ipc", "pid", "net", "cgroup"]
 ALL_NAMESPACES: tuple[Namespace, ...] = ("mount", "uts", "ipc", "pid", "net", "cgroup")
 
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
-LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # 63 at most
+_LABEL = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+LABEL_RE = re.compile(_LABEL)  # 63 at most
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# The kernel's limits on what execve takes: one string of at most MAX_ARG_STRLEN
+# bytes with its NUL, and all of them within a quarter of the stack limit (2 MiB
+# with the usual 8 MiB); ctrsh keeps well inside that, with room for its own.
+MAX_ARG_STRLEN = 131072
+MAX_ARGS_TOTAL = 1024 * 1024
+Issues = list[tuple[int | str | None, str]]  # (list index or mapping key, message): see schema.Checker._check
+
+
+def _too_long(text: str) -> str | None:
+    size = len(text.encode()) + 1
+    if size > MAX_ARG_STRLEN:
+        return (
+            f"is {size - 1} bytes; the kernel takes at most {MAX_ARG_STRLEN - 1} per argument "
+            "or variable (MAX_ARG_STRLEN)"
+        )
+    return None
 
 
 def check_name(value: str) -> str | None:
@@ -46,35 +64,51 @@ def check_hostname(value: str) -> str | None:
     return None
 
 
-def check_args(value: list[str]) -> str | None:
+def check_args(value: list[str]) -> str | Issues | None:
     if not value:
         return "needs at least the program to run, e.g. [/bin/sh]"
+    issues: Issues = []
     if not value[0]:
-        return "the program (first item) is empty"
+        issues.append((0, "the program (first item) is empty"))
     # It is exec'd by `env`, which would read a leading '-' as an option and a '=' as a variable.
-    if value[0].startswith("-") or "=" in value[0]:
-        return f"the program (first item) {value[0]!r} cannot start with '-' or contain '='"
-    return None
+    elif value[0].startswith("-") or "=" in value[0]:
+        issues.append((0, f"the program (first item) {value[0]!r} cannot start with '-' or contain '='"))
+    issues += [(i, msg) for i, arg in enumerate(value) if (msg := _too_long(arg))]
+    return issues
 
 
-def check_env(value: dict[str, str]) -> str | None:
-    bad = [k for k in value if not ENV_KEY_RE.fullmatch(k)]
-    if bad:
-        return f"{bad[0]!r} is not a valid variable name (letters, digits and '_', not starting with a digit)"
-    return None
+def check_env(value: dict[str, str]) -> Issues:
+    issues: Issues = []
+    for key, val in value.items():
+        if not ENV_KEY_RE.fullmatch(key):
+            issues.append(
+                (key, f"{key!r} is not a valid variable name (letters, digits and '_', not starting with a digit)")
+            )
+        elif isinstance(val, str) and (msg := _too_long(f"{key}={val}")):
+            issues.append((key, f"{key}=VALUE {msg}"))
+    return issues
 
 
 def check_cwd(value: str) -> str | None:
     return None if value.startswith("/") else f"{value!r} must be an absolute path inside the container"
 
 
-def check_namespaces(value: list[str]) -> str | None:
-    dupes = sorted({n for n in value if value.count(n) > 1})
-    if dupes:
-        return f"{dupes[0]!r} is listed twice"
-    if "mount" not in value:
-        return "'mount' is required: without its own mount namespace, pivot_root would change the host's root"
-    return None
+def check_namespaces(value: list[str]) -> Issues:
+    """Runs with invalid items too (they are skipped), so a typo and a duplicate come in one run."""
+    issues: Issues = []
+    first: dict[str, int] = {}
+    for i, kind in enumerate(value):
+        if not isinstance(kind, str):
+            continue
+        if kind in first:
+            issues.append((i, f"{kind!r} is listed twice (first as namespaces[{first[kind]}])"))
+        else:
+            first[kind] = i
+    if "mount" not in value and all(isinstance(k, str) for k in value):
+        issues.append(
+            (None, "'mount' is required: without its own mount namespace, pivot_root would change the host's root")
+        )
+    return issues
 
 
 SIZE_RE = re.compile(r"([0-9]+)(?:\.([0-9]+))? ?([kmgtpe]?)(?:i?b)?", re.IGNORECASE)
@@ -137,7 +171,11 @@ class Resources:
 
     cpus: float | None = field(
         default=None,
-        metadata={"doc": "CPU time, in cores: 1.5 is 150 ms per 100 ms period (a CFS quota).", "check": check_cpus},
+        metadata={
+            "doc": "CPU time, in cores: 1.5 is 150 ms per 100 ms period (a CFS quota).",
+            "check": check_cpus,
+            "json": {"minimum": 0.01, "maximum": MAX_CPUS},
+        },
     )
     cpu_weight: int | None = field(
         default=None,
@@ -145,14 +183,16 @@ class Resources:
             "doc": "Share of CPU time under contention, 1-10000 (cgroup v2 cpu.weight; default 100). "
             "On cgroup v1 converted to cpu.shares as runc does.",
             "check": check_cpu_weight,
+            "json": {"minimum": 1, "maximum": 10000},
         },
     )
     memory: str | None = field(
         default=None,
         metadata={
             "doc": "Memory limit: bytes or with a unit, e.g. 256M, 1G. Above it the kernel's OOM killer strikes.",
+            "text": True,  # `memory: 268435456`
             "check": check_memory,
-            "schema": SIZE_SCHEMA,
+            "schema": {**SIZE_SCHEMA, "type": ["string", "integer", "null"]},
         },
     )
     memory_swap: str | None = field(
@@ -160,13 +200,19 @@ class Resources:
         metadata={
             "doc": "Memory plus swap, as Docker's --memory-swap: at least `memory`; -1 for unlimited swap. "
             "Default: twice `memory`.",
+            "text": True,  # `memory: 268435456`
             "check": check_memory_swap,
-            "schema": {"oneOf": [SIZE_SCHEMA, {"const": -1}, {"const": "-1"}]},
+            # anyOf: -1 is also an integer SIZE_SCHEMA takes (its pattern is for strings only)
+            "schema": {"anyOf": [SIZE_SCHEMA, {"const": -1}, {"const": "-1"}, {"type": "null"}]},
         },
     )
     pids: int | None = field(
         default=None,
-        metadata={"doc": "Most processes (and threads) at once: a fork bomb stops here.", "check": check_pids},
+        metadata={
+            "doc": "Most processes (and threads) at once: a fork bomb stops here.",
+            "check": check_pids,
+            "json": {"minimum": 1, "maximum": MAX_PIDS},
+        },
     )
 
 
@@ -303,13 +349,36 @@ class Process:
     """The program the container runs as its PID 1."""
 
     args: list[str] = field(
-        metadata={"doc": "Program and arguments, run with exec (no shell unless you name one).", "check": check_args}
+        metadata={
+            "doc": "Program and arguments, run with exec (no shell unless you name one).",
+            "check": check_args,
+            "text": True,  # `[sleep, 300]`
+            "lines": True,  # a script for `sh -c` may have several lines
+            "json": {
+                "minItems": 1,
+                # the program: not empty, no leading '-', no '=' (a number written as one: not negative)
+                "not": {
+                    "prefixItems": [
+                        {"anyOf": [{"type": "string", "pattern": "^-|=|^$"}, {"type": "number", "exclusiveMaximum": 0}]}
+                    ]
+                },
+            },
+        }
     )
     env: dict[str, str] = field(
         default_factory=dict,
-        metadata={"doc": "Environment variables, added to PATH, HOME and HOSTNAME.", "check": check_env},
+        metadata={
+            "doc": "Environment variables, added to PATH, HOME and HOSTNAME.",
+            "check": check_env,
+            "partial": True,
+            "text": True,  # `PORT: 8080`
+            "json": {"propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}},
+        },
     )
-    cwd: str = field(default="/", metadata={"doc": "Working directory inside the container.", "check": check_cwd})
+    cwd: str = field(
+        default="/",
+        metadata={"doc": "Working directory inside the container.", "check": check_cwd, "json": {"pattern": "^/"}},
+    )
     terminal: bool = field(
         default=False,
         metadata={
@@ -317,6 +386,19 @@ class Process:
             "Without it the container has no controlling terminal and stdin is /dev/null unless piped."
         },
     )
+
+    @staticmethod
+    def rules(p: Process) -> Issues:
+        total = sum(len(s.encode()) + 1 for s in (*p.args, *(f"{k}={v}" for k, v in p.env.items())))
+        if total > MAX_ARGS_TOTAL:
+            return [
+                (
+                    "args",
+                    f"the arguments and environment take {total} bytes; ctrsh allows at most {MAX_ARGS_TOTAL} "
+                    "(1 MiB; the kernel's execve limit is a quarter of the stack limit)",
+                )
+            ]
+        return []
 
 
 # Docker's default capability set (moby/oci/caps/defaults.go), lowercase as setpriv spells them.
@@ -351,6 +433,13 @@ RLIMIT_UNIT = {"core": 512, "data": 1024, "fsize": 512, "memlock": 1024, "rss": 
 LIMIT_RE = re.compile(r"(unlimited|[0-9]{1,19})(:(unlimited|[0-9]{1,19}))?")
 KERNEL_PATH_RE = re.compile(r"/(proc|sys)(/[A-Za-z0-9_.:@+-]+)+")
 ID_RE = re.compile(r"[0-9]{1,10}(:[0-9]{1,10})?")
+
+
+# For the JSON Schema: the spellings cap_name() accepts (any case in the loader; these four here).
+_CAP_SPELLINGS = [s for c in ALL_CAPS for s in (c, c.upper(), f"cap_{c}", f"CAP_{c.upper()}")]
+_KERNEL_PATHS_JSON = {
+    "items": {"type": "string", "pattern": f"^{KERNEL_PATH_RE.pattern}$", "not": {"pattern": "/\\.\\.?(/|$)"}}
+}
 
 
 def cap_name(value: str) -> str:
@@ -412,6 +501,7 @@ class Security:
             "doc": "Capabilities PID 1 keeps (bounding, permitted, effective): a list, 'all' or 'none'. "
             "Default: Docker's 14.",
             "check": check_caps,
+            "json": {"anyOf": [{"enum": ["all", "none"]}, {"type": "array", "items": {"enum": _CAP_SPELLINGS}}]},
         },
     )
     no_new_privileges: bool = field(
@@ -420,20 +510,36 @@ class Security:
     rlimits: dict[str, str] = field(
         default_factory=dict,
         metadata={"doc": "Resource limits, e.g. {nofile: '1024:4096'}. Default: nofile 1024:1024.",
-                  "check": check_rlimits},
+                  "check": check_rlimits, "text": True,  # `nofile: 4096`
+                  "json": {"propertyNames": {"enum": list(RLIMITS)},
+                           "additionalProperties": {"anyOf": [
+                               {"type": "string", "pattern": f"^{LIMIT_RE.pattern}$"},
+                               {"type": "integer", "minimum": 0}]}}},
     )  # fmt: skip
     user: str | None = field(
-        default=None, metadata={"doc": "Run as UID[:GID] (numeric). Default: root (0:0).", "check": check_user}
+        default=None,
+        metadata={
+            "doc": "Run as UID[:GID] (numeric). Default: root (0:0).",
+            "check": check_user,
+            "text": True,  # `user: 1000`
+            "json": {
+                "anyOf": [
+                    {"type": "string", "pattern": f"^{ID_RE.pattern}$"},
+                    {"type": "integer", "minimum": 0, "maximum": 4294967294},
+                    {"type": "null"},
+                ]
+            },
+        },
     )
     readonly_paths: list[str] = field(
         default_factory=lambda: list(READONLY_PATHS),
         metadata={"doc": "Paths under /proc or /sys made read-only. Default: Docker's.",
-                  "check": check_kernel_paths},
+                  "check": check_kernel_paths, "json": _KERNEL_PATHS_JSON},
     )  # fmt: skip
     masked_paths: list[str] = field(
         default_factory=lambda: list(MASKED_PATHS),
         metadata={"doc": "Paths under /proc or /sys hidden (empty tmpfs or /dev/null over them). Default: Docker's.",
-                  "check": check_kernel_paths},
+                  "check": check_kernel_paths, "json": _KERNEL_PATHS_JSON},
     )  # fmt: skip
 
     def caps(self) -> tuple[str, ...]:
@@ -545,18 +651,30 @@ class Network:
 class Recipe:
     """A ctrsh recipe: one container, described by phase."""
 
-    name: str = field(metadata={"doc": "Container name: lowercase letters, digits and '-'.", "check": check_name})
+    name: str = field(
+        metadata={
+            "doc": "Container name: lowercase letters, digits and '-'.",
+            "check": check_name,
+            "json": {"pattern": "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", "maxLength": 63},
+        }
+    )
     rootfs: Rootfs = field(metadata={"doc": "Where the root filesystem comes from."})
     process: Process = field(metadata={"doc": "What runs inside."})
     hostname: str | None = field(
         default=None,
-        metadata={"doc": "Hostname inside (needs the uts namespace). Default: the name.", "check": check_hostname},
+        metadata={
+            "doc": "Hostname inside (needs the uts namespace). Default: the name.",
+            "check": check_hostname,
+            "json": {"pattern": f"^{_LABEL}(\\.{_LABEL})*$", "maxLength": 64},
+        },
     )
     namespaces: list[Namespace] | None = field(
         default=None,
         metadata={
             "doc": "Namespaces to create. Default: all of mount, uts, ipc, pid, net, and cgroup where the host has it.",
             "check": check_namespaces,
+            "partial": True,
+            "json": {"uniqueItems": True, "contains": {"const": "mount"}},
         },
     )
     security: Security = field(
@@ -579,6 +697,21 @@ class Recipe:
     positions: dict[str, schema.Pos] = field(default_factory=dict, compare=False, repr=False, metadata=schema.INTERNAL)
     file: str = field(default="<recipe>", compare=False, repr=False, metadata=schema.INTERNAL)
 
+    @staticmethod
+    def rules(r: Recipe) -> Issues:
+        if r.hostname is not None and r.namespaces is not None and "uts" not in r.namespaces:
+            return [("hostname", "setting a hostname needs the 'uts' namespace (else it renames the host)")]
+        return []
+
+    # The same rule for the JSON Schema.
+    json_rules: ClassVar[dict[str, Any]] = {
+        "if": {
+            "required": ["hostname", "namespaces"],
+            "properties": {"hostname": {"type": "string"}, "namespaces": {"type": "array"}},
+        },
+        "then": {"properties": {"namespaces": {"contains": {"const": "uts"}}}},
+    }
+
     def problem(self, path: str, message: str) -> Problem:
         """A problem located at `path`'s value (or its nearest written parent)."""
         key = path
@@ -594,6 +727,9 @@ def _loader() -> type[yaml.SafeLoader]:
 
 def parse(text: str, file: str) -> Recipe:
     """Parse and validate recipe text; raise RecipeError listing every problem."""
+    text = text.removeprefix("\ufeff")  # a byte order mark is harmless at the very start
+    yamlload.check_text(text, file)
+    yamlload.check_events(text, file, _loader())
     loader = _loader()(text)
     try:
         try:
@@ -603,6 +739,8 @@ def parse(text: str, file: str) -> Recipe:
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             what = " ".join(x for x in (e.context, e.problem) if x)
             raise RecipeError([Problem(file, line, col, f"YAML syntax error: {what}")]) from None
+        except yaml.YAMLError as e:
+            raise RecipeError([Problem(file, 1, 1, f"YAML error: {e}")]) from None
         if root is None:
             raise RecipeError([Problem(file, 1, 1, "the recipe is empty; it needs at least name, rootfs and process")])
         checker = schema.Checker(file, construct=loader.construct_object)
@@ -617,13 +755,8 @@ def parse(text: str, file: str) -> Recipe:
 
 def load(path: str) -> Recipe:
     """Read and validate a recipe file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise RecipeError([Problem(path, 1, 1, f"cannot read recipe: {reason}")]) from None
-    return parse(text, path)
+    shown = "".join(c if c.isprintable() else "?" for c in path)  # the name starts every message line
+    return parse(yamlload.read(path, shown), shown)
 
 
 def recipe_schema() -> dict[str, Any]:

@@ -7,6 +7,7 @@ the namespace. That is why these steps need no undo of their own.
 
 from __future__ import annotations
 
+from .. import owner
 from ..plan import Argv, Step
 from ..recipe import Namespace
 from . import Context, etcfiles, rootfs, volumes
@@ -51,15 +52,22 @@ def steps(c: Context) -> list[Step]:
     return [
         Step(
             "filesystem",
-            ("mkdir", "-p", containers),
-            "Where containers' writable layers live while they run (made once, kept).",
+            ("mkdir", "-p", "-m", "0700", containers),
+            "Where containers' writable layers live while they run (made once, kept); 0700: no other user "
+            "can reach a file a container writes (a setuid binary, say).",
             creates=containers,
         ),
         Step(
             "filesystem",
-            ("mkdir", p.layer, p.upper, p.work),
-            "This container's writable layer (upper) and overlayfs' scratch dir (work), on disk.",
+            ("mkdir", "-m", "0700", p.layer, p.work),
+            "This container's dir, private to root, and overlayfs' scratch dir (work), on disk.",
             undo=("rm", "-rf", "--one-file-system", p.layer),
+        ),
+        owner.mark_step("filesystem", p.layer, p),
+        Step(
+            "filesystem",
+            ("mkdir", "-m", "0755", p.upper),
+            "Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.",
         ),
         Step(
             "filesystem",

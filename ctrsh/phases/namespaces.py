@@ -7,6 +7,7 @@ each step be printed, re-run, undone and exported on its own.
 
 from __future__ import annotations
 
+from .. import owner
 from ..plan import Step
 from . import NSFILE, Context
 
@@ -18,18 +19,20 @@ def steps(c: Context) -> list[Step]:
     out = [
         Step(
             "namespaces",
-            ("mkdir", "-p", c.facts.state_dir),
-            "ctrsh's runtime state lives here; made only if missing, and then removed once no container uses it.",
+            ("mkdir", "-p", "-m", "0700", c.facts.state_dir),
+            "ctrsh's runtime state lives here, private to root (0700); made only if missing, "
+            "and then removed once no container uses it.",
             undo=("rmdir", "--ignore-fail-on-non-empty", c.facts.state_dir),
             creates=c.facts.state_dir,
         ),
         Step(
             "namespaces",
-            ("mkdir", p.state, p.ns, p.rootfs),
-            "This container's state: its namespace files and its root mount point. "
+            ("mkdir", "-m", "0700", p.state, p.ns, p.rootfs),
+            "This container's state, private to root: its namespace files and its root mount point. "
             "mkdir fails if it exists, so two containers never share a name.",
             undo=("rm", "-rf", "--one-file-system", p.state),
         ),
+        owner.mark_step("namespaces", p.state, p),
         Step(
             "namespaces",
             ("mount", "--bind", "--make-private", p.ns, p.ns),

@@ -18,6 +18,8 @@ TOOLS = "/.ctrsh"  # where the copies are, inside the container, until PID 1 unm
 NOTES = (
     "seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a "
     "seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.",
+    "keyrings: root inside shares host root's user keyring (keyrings are per uid; Docker's seccomp profile "
+    "blocks keyctl and add_key, and only that or a user namespace would separate them).",
 )
 
 

@@ -4,7 +4,10 @@
 # Run it as root. Everything it changes on the host is undone when it exits,
 # fails or is interrupted: each step that changes the host registers its undo.
 # shellcheck disable=SC2016  # '$1' in single quotes is for the inner sh, by design
+# shellcheck disable=SC2174  # mkdir -p -m: the mode is meant for the last dir only
 set -euo pipefail
+# The tools this runs as root come from a fixed PATH (as sudo's secure_path), never the caller's.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 if [[ $EUID -ne 0 ]]; then
   echo "$0: run this as root, e.g. sudo bash $0" >&2
@@ -105,6 +108,7 @@ trap 'on_signal TERM 143' TERM
 trap 'on_signal HUP 129' HUP
 trap 'on_signal PIPE 141' PIPE
 # Note: seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.
+# Note: keyrings: root inside shares host root's user keyring (keyrings are per uid; Docker's seccomp profile blocks keyctl and add_key, and only that or a user namespace would separate them).
 
 # == rootfs: provide the root filesystem ==
 if [[ ! -e /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca && ! -L /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca ]]; then  # only if missing
@@ -178,13 +182,15 @@ rm -rf --one-file-system /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.tmp
 
 # == namespaces: create the namespaces, persisted as files so each later step can enter them ==
 if [[ ! -e /run/ctrsh && ! -L /run/ctrsh ]]; then  # only if missing
-  # ctrsh's runtime state lives here; made only if missing, and then removed once no container uses it.
-  mkdir -p /run/ctrsh
+  # ctrsh's runtime state lives here, private to root (0700); made only if missing, and then removed once no container uses it.
+  mkdir -p -m 0700 /run/ctrsh
   undo 'rmdir --ignore-fail-on-non-empty /run/ctrsh'
 fi
-# This container's state: its namespace files and its root mount point. mkdir fails if it exists, so two containers never share a name.
-mkdir /run/ctrsh/debian /run/ctrsh/debian/ns /run/ctrsh/debian/rootfs
+# This container's state, private to root: its namespace files and its root mount point. mkdir fails if it exists, so two containers never share a name.
+mkdir -m 0700 /run/ctrsh/debian /run/ctrsh/debian/ns /run/ctrsh/debian/rootfs
 undo 'rm -rf --one-file-system /run/ctrsh/debian'
+# Mark the dir as this ctrsh's (.ctrsh-owner): `ctrsh destroy` removes only marked dirs, never a look-alike.
+sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /run/ctrsh/debian/.ctrsh-owner 'ctrsh container debian state-dir /run/ctrsh data-dir /var/lib/ctrsh'
 # A private mount point to hold namespace files: the kernel refuses them under a shared mount.
 mount --bind --make-private /run/ctrsh/debian/ns /run/ctrsh/debian/ns
 undo 'umount --recursive /run/ctrsh/debian/ns'
@@ -198,12 +204,16 @@ unshare --mount=/run/ctrsh/debian/ns/mnt --uts=/run/ctrsh/debian/ns/uts --ipc=/r
 
 # == filesystem: assemble the container's mounts inside its own mount namespace ==
 if [[ ! -e /var/lib/ctrsh/containers && ! -L /var/lib/ctrsh/containers ]]; then  # only if missing
-  # Where containers' writable layers live while they run (made once, kept).
-  mkdir -p /var/lib/ctrsh/containers
+  # Where containers' writable layers live while they run (made once, kept); 0700: no other user can reach a file a container writes (a setuid binary, say).
+  mkdir -p -m 0700 /var/lib/ctrsh/containers
 fi
-# This container's writable layer (upper) and overlayfs' scratch dir (work), on disk.
-mkdir /var/lib/ctrsh/containers/debian /var/lib/ctrsh/containers/debian/upper /var/lib/ctrsh/containers/debian/work
+# This container's dir, private to root, and overlayfs' scratch dir (work), on disk.
+mkdir -m 0700 /var/lib/ctrsh/containers/debian /var/lib/ctrsh/containers/debian/work
 undo 'rm -rf --one-file-system /var/lib/ctrsh/containers/debian'
+# Mark the dir as this ctrsh's (.ctrsh-owner): `ctrsh destroy` removes only marked dirs, never a look-alike.
+sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /var/lib/ctrsh/containers/debian/.ctrsh-owner 'ctrsh container debian state-dir /run/ctrsh data-dir /var/lib/ctrsh'
+# Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.
+mkdir -m 0755 /var/lib/ctrsh/containers/debian/upper
 # Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
 mkdir -m 0755 /var/lib/ctrsh/containers/debian/upper/proc /var/lib/ctrsh/containers/debian/upper/dev /var/lib/ctrsh/containers/debian/upper/sys /var/lib/ctrsh/containers/debian/upper/.ctrsh /var/lib/ctrsh/containers/debian/upper/.oldroot /var/lib/ctrsh/containers/debian/upper/etc
 # Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
@@ -273,28 +283,8 @@ done
 for d; do if [ -d "$d" ]; then find "$d" -depth -type d -exec rmdir {} +; fi; done'"'"' ctrsh-kill /sys/fs/cgroup/freezer/ctrsh/debian /sys/fs/cgroup/cpu/ctrsh/debian /sys/fs/cgroup/cpuacct/ctrsh/debian /sys/fs/cgroup/memory/ctrsh/debian /sys/fs/cgroup/pids/ctrsh/debian /sys/fs/cgroup/devices/ctrsh/debian /sys/fs/cgroup/freezer/ctrsh/debian'
 # Devices: deny every node first, as Docker does; CAP_MKNOD alone then makes nodes it cannot open.
 sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write a /sys/fs/cgroup/devices/ctrsh/debian/devices.deny
-# Devices: allow 'c *:* m': make any node (not open it).
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c *:* m' /sys/fs/cgroup/devices/ctrsh/debian/devices.allow
-# Devices: allow 'b *:* m': make any node (not open it).
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'b *:* m' /sys/fs/cgroup/devices/ctrsh/debian/devices.allow
-# Devices: allow 'c 1:3 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:3 rwm' /sys/fs/cgroup/devices/ctrsh/debian/devices.allow
-# Devices: allow 'c 1:5 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:5 rwm' /sys/fs/cgroup/devices/ctrsh/debian/devices.allow
-# Devices: allow 'c 1:7 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:7 rwm' /sys/fs/cgroup/devices/ctrsh/debian/devices.allow
-# Devices: allow 'c 1:8 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:8 rwm' /sys/fs/cgroup/devices/ctrsh/debian/devices.allow
-# Devices: allow 'c 1:9 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 1:9 rwm' /sys/fs/cgroup/devices/ctrsh/debian/devices.allow
-# Devices: allow 'c 5:0 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:0 rwm' /sys/fs/cgroup/devices/ctrsh/debian/devices.allow
-# Devices: allow 'c 5:1 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:1 rwm' /sys/fs/cgroup/devices/ctrsh/debian/devices.allow
-# Devices: allow 'c 5:2 rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 5:2 rwm' /sys/fs/cgroup/devices/ctrsh/debian/devices.allow
-# Devices: allow 'c 136:* rwm': open this standard node.
-sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'c 136:* rwm' /sys/fs/cgroup/devices/ctrsh/debian/devices.allow
+# Devices: then allow, one rule a write: 'c *:* m' and 'b *:* m' (any node may be made, not opened), and 'rwm' for the standard nodes only: null, zero, full, random, urandom, tty, console, ptmx, ptys.
+sh -c 'f=$1; shift; for rule; do printf "%s\n" "$rule" > "$f"; done' ctrsh-allow /sys/fs/cgroup/devices/ctrsh/debian/devices.allow 'c *:* m' 'b *:* m' 'c 1:3 rwm' 'c 1:5 rwm' 'c 1:7 rwm' 'c 1:8 rwm' 'c 1:9 rwm' 'c 5:0 rwm' 'c 5:1 rwm' 'c 5:2 rwm' 'c 136:* rwm'
 
 # == security: drop privileges ==
 # A private tmpfs for trusted copies of host tools: after pivot_root the image's own binaries are all there is, and none may run before privileges are dropped.

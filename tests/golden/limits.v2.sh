@@ -4,7 +4,10 @@
 # Run it as root. Everything it changes on the host is undone when it exits,
 # fails or is interrupted: each step that changes the host registers its undo.
 # shellcheck disable=SC2016  # '$1' in single quotes is for the inner sh, by design
+# shellcheck disable=SC2174  # mkdir -p -m: the mode is meant for the last dir only
 set -euo pipefail
+# The tools this runs as root come from a fixed PATH (as sudo's secure_path), never the caller's.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 if [[ $EUID -ne 0 ]]; then
   echo "$0: run this as root, e.g. sudo bash $0" >&2
@@ -105,6 +108,7 @@ trap 'on_signal TERM 143' TERM
 trap 'on_signal HUP 129' HUP
 trap 'on_signal PIPE 141' PIPE
 # Note: seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.
+# Note: keyrings: root inside shares host root's user keyring (keyrings are per uid; Docker's seccomp profile blocks keyctl and add_key, and only that or a user namespace would separate them).
 # Note: devices: this host has no cgroup v1 devices controller (cgroup v2 needs an eBPF program, which no stock tool loads), so the container loses CAP_MKNOD and its root is mounted nodev instead.
 
 # == rootfs: provide the root filesystem ==
@@ -192,13 +196,15 @@ rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-limits /var/lib/ctrsh
 
 # == namespaces: create the namespaces, persisted as files so each later step can enter them ==
 if [[ ! -e /run/ctrsh && ! -L /run/ctrsh ]]; then  # only if missing
-  # ctrsh's runtime state lives here; made only if missing, and then removed once no container uses it.
-  mkdir -p /run/ctrsh
+  # ctrsh's runtime state lives here, private to root (0700); made only if missing, and then removed once no container uses it.
+  mkdir -p -m 0700 /run/ctrsh
   undo 'rmdir --ignore-fail-on-non-empty /run/ctrsh'
 fi
-# This container's state: its namespace files and its root mount point. mkdir fails if it exists, so two containers never share a name.
-mkdir /run/ctrsh/limits /run/ctrsh/limits/ns /run/ctrsh/limits/rootfs
+# This container's state, private to root: its namespace files and its root mount point. mkdir fails if it exists, so two containers never share a name.
+mkdir -m 0700 /run/ctrsh/limits /run/ctrsh/limits/ns /run/ctrsh/limits/rootfs
 undo 'rm -rf --one-file-system /run/ctrsh/limits'
+# Mark the dir as this ctrsh's (.ctrsh-owner): `ctrsh destroy` removes only marked dirs, never a look-alike.
+sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /run/ctrsh/limits/.ctrsh-owner 'ctrsh container limits state-dir /run/ctrsh data-dir /var/lib/ctrsh'
 # A private mount point to hold namespace files: the kernel refuses them under a shared mount.
 mount --bind --make-private /run/ctrsh/limits/ns /run/ctrsh/limits/ns
 undo 'umount --recursive /run/ctrsh/limits/ns'
@@ -212,12 +218,16 @@ unshare --mount=/run/ctrsh/limits/ns/mnt --uts=/run/ctrsh/limits/ns/uts --ipc=/r
 
 # == filesystem: assemble the container's mounts inside its own mount namespace ==
 if [[ ! -e /var/lib/ctrsh/containers && ! -L /var/lib/ctrsh/containers ]]; then  # only if missing
-  # Where containers' writable layers live while they run (made once, kept).
-  mkdir -p /var/lib/ctrsh/containers
+  # Where containers' writable layers live while they run (made once, kept); 0700: no other user can reach a file a container writes (a setuid binary, say).
+  mkdir -p -m 0700 /var/lib/ctrsh/containers
 fi
-# This container's writable layer (upper) and overlayfs' scratch dir (work), on disk.
-mkdir /var/lib/ctrsh/containers/limits /var/lib/ctrsh/containers/limits/upper /var/lib/ctrsh/containers/limits/work
+# This container's dir, private to root, and overlayfs' scratch dir (work), on disk.
+mkdir -m 0700 /var/lib/ctrsh/containers/limits /var/lib/ctrsh/containers/limits/work
 undo 'rm -rf --one-file-system /var/lib/ctrsh/containers/limits'
+# Mark the dir as this ctrsh's (.ctrsh-owner): `ctrsh destroy` removes only marked dirs, never a look-alike.
+sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /var/lib/ctrsh/containers/limits/.ctrsh-owner 'ctrsh container limits state-dir /run/ctrsh data-dir /var/lib/ctrsh'
+# Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.
+mkdir -m 0755 /var/lib/ctrsh/containers/limits/upper
 # Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
 mkdir -m 0755 /var/lib/ctrsh/containers/limits/upper/proc /var/lib/ctrsh/containers/limits/upper/dev /var/lib/ctrsh/containers/limits/upper/sys /var/lib/ctrsh/containers/limits/upper/.ctrsh /var/lib/ctrsh/containers/limits/upper/.oldroot /var/lib/ctrsh/containers/limits/upper/etc
 # Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.

@@ -64,6 +64,12 @@ class Ctrsh:
             self.cmd(*args), env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw
         )  # type: ignore[call-overload, no-any-return]
 
+    def netns(self, name: str) -> str:
+        """The container's `ip netns` name: tied to the (non-default) state dir the tests use."""
+        from ctrsh.facts import Paths, detect
+
+        return Paths(detect(self.env["CTRSH_STATE_DIR"], self.env["CTRSH_DATA_DIR"]), name).netns
+
     def recipe(self, text: str, name: str = "recipe.yaml") -> str:
         path = self.tmp / name
         path.write_text(text)

@@ -46,7 +46,7 @@ def test_hello_recipe(ctrsh: Ctrsh) -> None:
     r = ctrsh.run("apply", ctrsh.recipe(shipped("hello", "test-hello")))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("hello from hello, pid 1\n")
-    assert "ip netns add ctrsh-test-hello\n" in r.stderr  # the trace shows each command on stderr
+    assert f"ip netns add {ctrsh.netns('test-hello')}\n" in r.stderr  # the trace shows each command on stderr
     assert "# teardown: undo what ran, newest first" in r.stderr
 
 
@@ -142,15 +142,16 @@ def test_exported_script_behaves_like_apply(ctrsh: Ctrsh, tmp_path: Path) -> Non
 
 
 def test_failing_step_rolls_back(ctrsh: Ctrsh) -> None:
-    subprocess.run(["ip", "netns", "add", "ctrsh-test-fail"], check=True)  # makes step `ip netns add` fail
+    netns = ctrsh.netns("test-fail")
+    subprocess.run(["ip", "netns", "add", netns], check=True)  # makes step `ip netns add` fail
     try:
         r = ctrsh.run("apply", ctrsh.recipe(inside_recipe("test-fail")))
     finally:
-        subprocess.run(["ip", "netns", "delete", "ctrsh-test-fail"], check=True)
+        subprocess.run(["ip", "netns", "delete", netns], check=True)
     assert r.returncode == 125
     assert re.search(
-        r"ctrsh: step \d+ of \d+ failed \(namespaces\): ip netns add ctrsh-test-fail\n"
-        r"  exit code 1\n    Cannot create namespace file \"/run/netns/ctrsh-test-fail\": File exists",
+        rf"ctrsh: step \d+ of \d+ failed \(namespaces\): ip netns add {netns}\n"
+        rf"  exit code 1\n    Cannot create namespace file \"/run/netns/{netns}\": File exists",
         r.stderr,
     ), r.stderr
     assert r.stderr.endswith("# failed: rolled back 3 steps\n")  # the error comes first, then the rollback
@@ -214,7 +215,7 @@ def test_destroy_after_ctrsh_was_killed(ctrsh: Ctrsh) -> None:
     time.sleep(0.2)
     r = ctrsh.run("destroy", "test-kill9")
     assert r.returncode == 0, r.stderr
-    assert "kill -KILL" in r.stderr and "ip netns delete ctrsh-test-kill9" in r.stderr
+    assert "kill -KILL" in r.stderr and f"ip netns delete {ctrsh.netns('test-kill9')}" in r.stderr
 
 
 def test_interactive_shell_on_a_terminal(ctrsh: Ctrsh) -> None:
@@ -257,13 +258,19 @@ def test_container_gets_default_signal_dispositions(ctrsh: Ctrsh) -> None:
 
 
 def test_destroy_without_a_journal(ctrsh: Ctrsh) -> None:
-    """ctrsh killed before its journal was written: destroy finds the pieces by name."""
+    """ctrsh killed before its journal was written: destroy finds the (marked) pieces by name."""
+    from ctrsh import owner
+    from ctrsh.facts import Paths, detect
+
     state = Path(ctrsh.env["CTRSH_STATE_DIR"]) / "test-orphan"
-    (state / "ns").mkdir(parents=True)
-    subprocess.run(["ip", "netns", "add", "ctrsh-test-orphan"], check=True)
+    (state / "ns").mkdir(parents=True, mode=0o700)
+    os.chmod(state, 0o700)
+    paths = Paths(detect(ctrsh.env["CTRSH_STATE_DIR"], ctrsh.env["CTRSH_DATA_DIR"]), "test-orphan")
+    (state / owner.MARK).write_text(owner.content(paths) + "\n")  # as the mark step writes it
+    subprocess.run(["ip", "netns", "add", ctrsh.netns("test-orphan")], check=True)
     r = ctrsh.run("destroy", "test-orphan")
     assert r.returncode == 0, r.stderr
-    assert "ip netns delete ctrsh-test-orphan" in r.stderr
+    assert f"ip netns delete {ctrsh.netns('test-orphan')}" in r.stderr
     assert not state.exists()
     state.parent.rmdir()  # the test made it
     r = ctrsh.run("destroy", "test-orphan")

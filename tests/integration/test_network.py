@@ -153,7 +153,7 @@ def test_web_recipe_published_on_loopback_own_address_and_to_another_host(
         try:
             assert server.stdout is not None and server.stdout.readline() == "listening\n"
             via = subprocess.run(
-                ["ip", "netns", "exec", "ctrsh-test-web", "busybox", "nc", "-w", "5", OUTSIDE_PEER, "8080"],
+                ["ip", "netns", "exec", ctrsh.netns("test-web"), "busybox", "nc", "-w", "5", OUTSIDE_PEER, "8080"],
                 capture_output=True, text=True, timeout=30, input="",
             )  # fmt: skip
             assert via.stdout == f"peer {OUTSIDE_HOST}\n", via.stderr  # the outside server answered, not httpd
@@ -317,4 +317,4 @@ def test_container_mode_shares_a_running_containers_network(ctrsh: Ctrsh) -> Non
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 143
     r = ctrsh.run("apply", "-q", ctrsh.recipe(bridge_recipe("test-podside", "true", net), "side.yaml"))
-    assert r.returncode == 125 and "/run/netns/ctrsh-test-podmain" in r.stderr  # the one to join is gone
+    assert r.returncode == 125 and f"/run/netns/{ctrsh.netns('test-podmain')}" in r.stderr  # the one to join is gone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def test_plan_needs_no_root_and_runs_nothing(spy_path: tuple[dict[str, str], Pat
     r = ctrsh("plan", "recipes/hello.yaml", env=env, user=65534 if nobody_can_run_python() else None)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith('# ctrsh plan: container "hello" from recipes/hello.yaml')
-    assert "ip netns add ctrsh-hello\n" in r.stdout
+    assert re.search(r"^ip netns add ctrsh-[0-9a-f]{8}-hello$", r.stdout, re.M)  # not the default state dir
     assert not log.exists()
 
 
@@ -79,16 +80,26 @@ def test_apply_as_non_root_is_one_line(spy_path: tuple[dict[str, str], Path]) ->
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes first")
-def test_missing_tool_says_what_to_install(tmp_path: Path) -> None:
+@pytest.mark.skipif(os.geteuid() != 0, reason="preflight checks root first")
+def test_missing_tool_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tools are looked up on ctrsh's fixed PATH, not the caller's: point that one at a dir without `ip`.
+    from ctrsh import preflight
+    from ctrsh.compile import compile_plan
+    from ctrsh.errors import UsageError
+    from ctrsh.facts import Paths, detect
+    from ctrsh.recipe import load
+
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in TOOLS:
-        if tool != "ip" and (found := subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip()):
+        if tool != "ip" and (found := shutil.which(tool)):
             (bin_dir / tool).symlink_to(found)
-    env = {"PATH": str(bin_dir), "CTRSH_STATE_DIR": str(tmp_path / "run"), "CTRSH_DATA_DIR": str(tmp_path / "d")}
-    r = ctrsh("apply", "recipes/hello.yaml", env=env)
-    assert r.returncode == 2
-    assert r.stderr == "ctrsh: missing ip: install with `apt-get install iproute2`\n"
+    monkeypatch.setattr(preflight, "SAFE_PATH", str(bin_dir))
+    facts = detect(str(tmp_path / "run"), str(tmp_path / "d"))
+    plan = compile_plan(load("recipes/hello.yaml"), facts)
+    with pytest.raises(UsageError) as e:
+        preflight.check(plan, facts, Paths(facts, plan.name))
+    assert str(e.value) == "missing ip: install with `apt-get install iproute2`"
     assert not (tmp_path / "run").exists()
 
 
@@ -102,7 +113,7 @@ def test_export_to_stdout_and_file(tmp_path: Path) -> None:
 
 def test_state_dir_option_and_env(tmp_path: Path) -> None:
     r = ctrsh("plan", "recipes/hello.yaml", "--state-dir", "/srv/st", env={"CTRSH_DATA_DIR": "/srv/data"})
-    assert "mkdir -p /srv/st\n" in r.stdout and "lowerdir=/srv/data/images/busybox" in r.stdout
+    assert "mkdir -p -m 0700 /srv/st\n" in r.stdout and "lowerdir=/srv/data/images/busybox" in r.stdout
     r = ctrsh("plan", "recipes/hello.yaml", "--state-dir", "relative/dir")
     assert r.returncode == 2
     assert ctrsh("plan", "recipes/hello.yaml", "--state-dir", "/run/..").returncode == 2
@@ -124,3 +135,42 @@ def test_help_teaches() -> None:
     assert r.returncode == 0
     for word in ("apply", "plan", "export", "destroy", "schema"):
         assert word in r.stdout
+
+
+def test_export_refuses_a_symlink_and_leaves_its_target_alone(tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.write_text("keep\n")
+    target.chmod(0o600)
+    link = tmp_path / "run.sh"
+    link.symlink_to(target)
+    r = ctrsh("export", "recipes/hello.yaml", "-o", str(link))
+    assert (r.returncode, r.stdout) == (1, "")
+    assert (
+        r.stderr == f"ctrsh: refusing to write {link}: it exists and is a symlink; remove it or choose another name\n"
+    )
+    assert (target.read_text(), target.stat().st_mode & 0o7777) == ("keep\n", 0o600)
+    assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["precious", "run.sh"]
+
+
+def test_export_refuses_a_directory_and_replaces_a_regular_file(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    r = ctrsh("export", "recipes/hello.yaml", "-o", str(tmp_path / "d"))
+    assert r.returncode == 1 and "it exists and is not a regular file" in r.stderr
+    old = tmp_path / "old.sh"
+    old.write_text("old")
+    other = tmp_path / "hardlink"
+    os.link(old, other)  # replaced by a rename: the other name keeps the old text
+    assert ctrsh("export", "recipes/hello.yaml", "-o", str(old)).returncode == 0
+    assert old.read_text().startswith("#!/usr/bin/env bash\n") and other.read_text() == "old"
+    assert old.stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "hardlink", "old.sh"]  # no temp file left
+
+
+def test_a_data_dir_too_long_for_overlays_options_is_refused() -> None:
+    long = "/" + "d" * 1400
+    r = ctrsh("plan", "recipes/hello.yaml", "--data-dir", long)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (
+        "ctrsh: data dir (--data-dir or $CTRSH_DATA_DIR) is 1401 bytes long; at most 1024: overlayfs' mount "
+        "options hold it three times and the kernel limits them to one page (4096 bytes)\n"
+    )

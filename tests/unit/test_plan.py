@@ -79,7 +79,9 @@ def test_cgroup_namespace_on_a_host_without_it() -> None:
 def test_hostname_needs_uts() -> None:
     with pytest.raises(RecipeError) as e:
         plan_of(BASE + "namespaces: [mount, pid]\nhostname: h\n")
-    assert str(e.value) == "r.yaml:5:11: setting a hostname needs the 'uts' namespace (else it renames the host)"
+    assert (
+        str(e.value) == "r.yaml:5:11: hostname: setting a hostname needs the 'uts' namespace (else it renames the host)"
+    )
 
 
 def test_without_net_and_uts_nothing_touches_them() -> None:

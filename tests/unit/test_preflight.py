@@ -9,7 +9,7 @@ import pytest
 
 from ctrsh.compile import compile_plan
 from ctrsh.facts import Facts
-from ctrsh.preflight import is_static, tools
+from ctrsh.preflight import is_static, step_tools, tools
 from ctrsh.recipe import load
 
 
@@ -28,3 +28,17 @@ def test_dynamic_binaries_are_not_static() -> None:
 @pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="busybox-static not installed (.ci/run installs it)")
 def test_busybox_static_is_static() -> None:
     assert is_static("/bin/busybox")
+
+
+def test_recipe_args_are_not_tools() -> None:
+    # `--` in the recipe's own command must not make preflight look for a host tool `hello`.
+    recipe = "name: x\nrootfs: {busybox: {}}\nprocess: {args: [/bin/echo, --, hello, --, nsenter2]}\n"
+    from ctrsh.recipe import parse
+
+    found = tools(compile_plan(parse(recipe, "r.yaml"), Facts()))
+    assert "hello" not in found and "nsenter2" not in found and "/bin/echo" not in found
+    assert step_tools(("nsenter", "--mount=/m", "--", "unshare", "--pid", "--", "sh", "-c", "x", "--", "y")) == [
+        "nsenter",
+        "unshare",
+        "sh",
+    ]
