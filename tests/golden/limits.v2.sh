@@ -277,7 +277,7 @@ ip -n ctrsh-limits link set lo up
 # == cgroups: limit resources ==
 # The parent of this ctrsh instance's cgroups (named for its state dir); removed once no container uses it.
 mkdir -p /sys/fs/cgroup/ctrsh
-undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d"; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/ctrsh'
+undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d" 2>/dev/null || :; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/ctrsh'
 # cgroup v2: let the root hand these controllers down (systemd hosts already do). Left on afterwards: other cgroups may rely on it.
 sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write '+cpu +memory +pids' /sys/fs/cgroup/cgroup.subtree_control
 # ... and the instance's parent to its children.

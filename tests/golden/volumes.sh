@@ -292,7 +292,7 @@ ip -n ctrsh-volumes link set lo up
 # == cgroups: limit resources ==
 # The parent of this ctrsh instance's cgroups (named for its state dir); removed once no container uses it.
 mkdir -p /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh
-undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d"; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh'
+undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d" 2>/dev/null || :; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh'
 # The container's cgroup (a cgroup in each hierarchy): all its processes, also ones that leave its namespaces. Teardown kills every process in it first, then removes it.
 mkdir /sys/fs/cgroup/cpu/ctrsh/volumes /sys/fs/cgroup/cpuacct/ctrsh/volumes /sys/fs/cgroup/memory/ctrsh/volumes /sys/fs/cgroup/pids/ctrsh/volumes /sys/fs/cgroup/devices/ctrsh/volumes /sys/fs/cgroup/freezer/ctrsh/volumes
 undo 'sh -c '"'"'f=$1; shift
