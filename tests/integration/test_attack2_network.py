@@ -5,10 +5,12 @@ Each test FAILS while the hole it names exists (see attack2_notes.md).
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 from .conftest import Ctrsh
 from .test_network import bridge_recipe, host_server, start  # noqa: F401  (fixture)
@@ -53,3 +55,61 @@ def test_publish_does_not_hijack_a_listening_host_port(ctrsh: Ctrsh, host_server
             proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         subprocess.run(ctrsh.cmd("destroy", "test-a2-hijack"), env=ctrsh.env, capture_output=True, check=False)
+
+
+ARP_C = Path(__file__).with_name("attack2_arp.c")
+
+
+def neigh(ip: str) -> str:
+    out = subprocess.run(["ip", "neigh", "show", ip], capture_output=True, text=True).stdout.split()
+    return out[out.index("lladdr") + 1] if "lladdr" in out else ""
+
+
+def test_a_container_cannot_take_over_anothers_address(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    """MEDIUM. Containers keep CAP_NET_RAW (Docker's default too) and the bridge has no anti-spoofing
+    (no ebtables/nft bridge rule tying a veth to its MAC and leased address): container B sends
+    ARP replies "A's address is at B's MAC" and the host's neighbour entry for A now points at B:
+    the host's traffic to A (published ports included) goes to B."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    subprocess.run(["gcc", "-static", "-O", "-o", str(tools / "arp"), str(ARP_C)], check=True)
+    go = tmp_path / "go"
+    go.mkdir()
+    go_mount = {"type": "bind", "source": str(go), "target": "/go"}
+    tools_mount = {"type": "bind", "source": str(tools), "target": "/t"}
+    wait = "while [ ! -e /go/stop ]; do sleep 0.1; done"
+
+    def with_mounts(text: str, *mounts: dict[str, str]) -> str:
+        return text.replace("process:", f"mounts: {json.dumps(list(mounts))}\nprocess:")
+
+    victim_text = with_mounts(bridge_recipe("test-a2-victim", wait), go_mount)
+    procs = [start(ctrsh, ctrsh.recipe(victim_text, "victim.yaml"))]
+    try:
+        ip = ""
+        for _ in range(300):  # until the victim has its address (bounds the wait only)
+            got = subprocess.run(
+                ["ip", "netns", "exec", ctrsh.netns("test-a2-victim"), "ip", "-4", "-o", "addr", "show", "dev", "eth0"],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            if "inet " in got.stdout:
+                ip = got.stdout.split("inet ")[1].split("/")[0]
+                break
+            time.sleep(0.1)
+        assert ip, "the victim never got an address"
+        subprocess.run(["busybox", "ping", "-c", "1", "-W", "5", ip], check=True, capture_output=True)
+        before = neigh(ip)
+        assert before
+        script = f"sleep 2; /t/arp {ip} && touch /go/sent; {wait}"
+        text = with_mounts(bridge_recipe("test-a2-spoof", script), go_mount, tools_mount)
+        procs.append(start(ctrsh, ctrsh.recipe(text, "spoof.yaml")))
+        for _ in range(300):
+            if (go / "sent").exists() or procs[1].poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (go / "sent").exists(), procs[1].stderr.read() if procs[1].poll() is not None else "not sent"
+        after = neigh(ip)
+        assert after == before, f"the host now sends {ip}'s traffic to {after} (was {before}): the other container"
+    finally:
+        (go / "stop").touch()
+        for p in procs:
+            p.communicate(timeout=60)
