@@ -113,3 +113,42 @@ def test_a_container_cannot_take_over_anothers_address(ctrsh: Ctrsh, tmp_path: P
         (go / "stop").touch()
         for p in procs:
             p.communicate(timeout=60)
+
+
+UDP_C = Path(__file__).with_name("attack2_udp.c")
+
+
+def test_a_container_cannot_reach_the_hosts_loopback_services(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    """HIGH. A published port sets net.ipv4.conf.BRIDGE.route_localnet=1 (for 127.0.0.1:PORT), and that
+    lets anything on the bridge send packets TO 127.0.0.1 (Kubernetes' CVE-2020-8558): a container
+    frames a datagram for 127.0.0.1 to the gateway's MAC and the host delivers it to a service bound
+    to loopback only (here UDP; a resolver on 127.0.0.53, a local admin API...)."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    subprocess.run(["gcc", "-static", "-O", "-o", str(tools / "udp"), str(UDP_C)], check=True)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(30)
+    port = listener.getsockname()[1]
+    mounts = json.dumps([{"type": "bind", "source": str(tools), "target": "/t"}])
+    # the gateway's MAC from the container's own ARP cache (the bridge's MAC changes as ports join)
+    script = (
+        "ip=$(ip -4 -o addr show dev eth0 | sed 's/.*inet \\([0-9.]*\\).*/\\1/'); "
+        "gw=$(ip route | awk '/default/ {print $3}'); ping -c 1 -W 2 $gw >/dev/null; "
+        "mac=$(awk -v g=$gw '$1 == g {print $4}' /proc/net/arp); "
+        f"/t/udp $mac $ip {port}"
+    )
+    text = bridge_recipe("test-a2-localnet", script, "{mode: bridge, publish: ['18089:80']}")
+    text = text.replace("process:", f"mounts: {mounts}\nprocess:")
+    proc = None
+    try:
+        proc = start(ctrsh, ctrsh.recipe(text))
+        try:
+            data, peer = listener.recvfrom(100)
+        except TimeoutError:
+            data, peer = b"", ("", 0)
+        assert data != b"from-the-container", f"the container reached 127.0.0.1:{port} on the host (from {peer[0]})"
+    finally:
+        listener.close()
+        if proc is not None:
+            proc.communicate(timeout=60)
