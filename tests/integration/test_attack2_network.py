@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .conftest import Ctrsh
-from .test_network import bridge_recipe, host_server, start  # noqa: F401  (fixture)
+from .test_network import bridge_recipe, host_server, sh, start  # noqa: F401  (fixture)
 
 
 def ask(port: int, tries: int = 100) -> str:
@@ -152,3 +152,33 @@ def test_a_container_cannot_reach_the_hosts_loopback_services(ctrsh: Ctrsh, tmp_
         listener.close()
         if proc is not None:
             proc.communicate(timeout=60)
+
+
+LAN_NS = "ctrsh-a2-lanhost"
+
+
+def test_a_bridge_ctrsh_did_not_make_is_not_joined(ctrsh: Ctrsh) -> None:
+    """MEDIUM. `network.bridge` may name a bridge ctrsh did not make (the host's LAN bridge): the
+    BRIDGE script skips creating it, and `ipam.host_routes(bridge)` drops that bridge's own routes
+    from the overlap check, so the LAN's subnet passes; ipam knows only ctrsh's leases and hands
+    out an address a LAN host already has (here 192.168.77.2), and adds FORWARD -i BRIDGE -j ACCEPT
+    for the whole LAN. Expected: refused, or at least never an address in use there."""
+    sh("ip", "link", "add", "ctrshtlan", "type", "bridge")
+    sh("ip", "addr", "add", "192.168.77.1/24", "dev", "ctrshtlan")
+    sh("ip", "link", "set", "ctrshtlan", "up")
+    sh("ip", "netns", "add", LAN_NS)
+    try:
+        sh("ip", "link", "add", "ctrshtlanh", "type", "veth", "peer", "name", "eth0", "netns", LAN_NS)
+        sh("ip", "link", "set", "ctrshtlanh", "master", "ctrshtlan", "up")
+        sh("ip", "-n", LAN_NS, "addr", "add", "192.168.77.2/24", "dev", "eth0")
+        sh("ip", "-n", LAN_NS, "link", "set", "eth0", "up")
+        script = "ip -4 -o addr show dev eth0"
+        net = "{mode: bridge, bridge: ctrshtlan, subnet: 192.168.77.0/24}"
+        r = ctrsh.run("apply", "-q", ctrsh.recipe(bridge_recipe("test-a2-lan", script, net)))
+        assert r.returncode == 2 or "192.168.77.2/" not in r.stdout, (
+            f"the container joined a bridge ctrsh did not make, with a LAN host's address: {r.stdout.strip()}"
+        )
+    finally:
+        subprocess.run(["ip", "link", "delete", "ctrshtlan"], check=False)
+        subprocess.run(["ip", "link", "delete", "ctrshtlanh"], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "delete", LAN_NS], check=False)
