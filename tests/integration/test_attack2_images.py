@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -132,7 +133,7 @@ def images_devices(data: str) -> list[str]:
             p = os.path.join(top, f)
             rel = os.path.relpath(p, f"{data}/images").split("/", 1)[-1]
             st = os.lstat(p)
-            if (os.path.stat.S_ISCHR(st.st_mode) or os.path.stat.S_ISBLK(st.st_mode)) and not rel.startswith("dev/"):
+            if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) and not rel.startswith("dev/"):
                 out.append(p)
     return out
 
