@@ -114,8 +114,8 @@ trap 'on_signal PIPE 141' PIPE
 # == rootfs: provide the root filesystem ==
 if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
   n=${#undos[@]}
-  # Where built results are kept (made once).
-  mkdir -p /var/lib/ctrsh/images
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh/images
   # Clear what an earlier, interrupted build by this container name may have left.
   rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-limits
   # Build a busybox image in a work dir of this container's own, beside its final place; a build cut short is never used.
@@ -149,8 +149,8 @@ rm -rf --one-file-system "$1"
 fi
 if [[ ! -e /var/lib/ctrsh/dev-2 && ! -L /var/lib/ctrsh/dev-2 ]]; then  # only if missing
   n=${#undos[@]}
-  # Where built results are kept (made once).
-  mkdir -p /var/lib/ctrsh
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh
   # Clear what an earlier, interrupted build by this container name may have left.
   rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-limits
   # Build a template for /dev in a work dir of this container's own, beside its final place; a build cut short is never used.
