@@ -139,6 +139,12 @@ def publish_steps(c: Context, b: BridgeNet) -> list[Step]:
         ]  # fmt: skip
     if b.publish:
         out += [
+            firewall.shared_rule(
+                c.facts, b.bridge, name, "no-loopback-in", "raw", "-I", "PREROUTING", "-i", b.bridge,
+                "-d", "127.0.0.0/8", "-j", "DROP",
+                why=f"route_localnet (next) would also let packets from {b.bridge} to 127.0.0.0/8 in: "
+                "drop them first, or a container could reach the host's loopback-only services.",
+            ),
             firewall.shared(
                 c.facts, f"route_localnet-{b.bridge}", name, firewall.SYSCTL,
                 f"127.0.0.1:PORT: a packet from 127.0.0.1 may leave by {b.bridge} only with route_localnet "

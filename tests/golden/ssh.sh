@@ -541,6 +541,33 @@ undo 'sh -euc '"'"'t=$1 ch=$2
 shift 2
 if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
 '"'"' ctrsh-undo filter FORWARD -d 10.88.0.2 -o ctrsh0 -p tcp --dport 22 -j ACCEPT -m comment --comment ctrsh:ssh'
+# route_localnet (next) would also let packets from ctrsh0 to 127.0.0.0/8 in: drop them first, or a container could reach the host's loopback-only services.
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  t=$1 op=$2 ch=$3
+  shift 3
+  if ! iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then
+    iptables -t "$t" "$op" "$ch" "$@"
+    : > "$reg/made"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/no-loopback-in-ctrsh0 ssh raw -I PREROUTING -i ctrsh0 -d 127.0.0.0/8 -j DROP -m comment --comment ctrsh:bridge/ctrsh0
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    t=$1 ch=$3
+    shift 3
+    if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/no-loopback-in-ctrsh0 ssh raw -I PREROUTING -i ctrsh0 -d 127.0.0.0/8 -j DROP -m comment --comment ctrsh:bridge/ctrsh0'
 # 127.0.0.1:PORT: a packet from 127.0.0.1 may leave by ctrsh0 only with route_localnet (else the kernel drops it as martian). The last user restores the old value.
 flock /run/ctrsh sh -euc 'reg=$1 me=$2
 shift 2
