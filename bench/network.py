@@ -84,6 +84,13 @@ def main() -> None:
             assert p.stdout is not None and p.stdout.readline() == "ready\n", f"container {i} did not start"
             per.append(time.perf_counter() - start)
             print(f"  container {i + 1:2d}: {per[-1] * 1000:5.0f} ms to ready")
+        # The names step (names.py) rewrites every member's /etc/hosts: its cost grows with the count.
+        from ctrsh.facts import Facts
+        from ctrsh.names import hosts_argv
+
+        rewrite = hosts_argv(Facts(state_dir=env["CTRSH_STATE_DIR"]), "ctrsh0", "")
+        names = [timed(list(rewrite), env) for _ in range(10)]
+        print(f"  the names step with {len(procs)} containers up (rewrites {len(procs)} hosts files): {ms(names)}")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

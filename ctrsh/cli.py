@@ -241,6 +241,7 @@ def _destroy_one(facts: Facts, name: str, force: bool, grace: float, quiet_missi
     from .ipam import leftover_network, leftover_releases
     from .journal import Journal
     from .lock import NameLock, lock_path
+    from .names import leftover_hosts
     from .trace import Trace
 
     trace = Trace()
@@ -260,6 +261,8 @@ def _destroy_one(facts: Facts, name: str, force: bool, grace: float, quiet_missi
         undos, refused = owner.leftovers(paths)  # only what this ctrsh made: marked dirs, known undos
         # Claims made but not yet journaled when ctrsh was killed: read off ctrsh's own registry.
         undos += [r for r in leftover_releases(paths.facts, name) if r not in undos]
+        # The names step ran but its undo was not journaled: rewrite the bridge's hosts files without it.
+        undos += [r for r in leftover_hosts(paths.facts, name) if r not in undos]
         if not undos and not refused:
             if quiet_missing:
                 return

@@ -63,6 +63,17 @@ def printable(text: str) -> str:
 LAYER_BAD = ",:\"'\\"  # overlayfs and mount(8) read these in a layer path: see facts.check_dir
 
 
+def _bad_lower(path: str, facts: Facts) -> str | None:
+    """Why a directory cannot be a container's read-only image: the host's root, or ctrsh's own
+    dirs (a container would see every other container's layer and state), or one inside them."""
+    if path == "/":
+        return "is the host's root: a container's image must be a directory of its own"
+    for own in (facts.data_dir, facts.state_dir):
+        if path == own or path.startswith(own + "/") or own.startswith(path.rstrip("/") + "/"):
+            return f"overlaps ctrsh's own {own}: a container would see others' layers and state"
+    return None
+
+
 def image_problems(recipe: Recipe, facts: Facts) -> list[Problem]:
     """The rootfs source against the host facts: the file or dir exists, a tarball stays inside."""
     r, files, out = recipe.rootfs, facts.files, []
@@ -86,6 +97,10 @@ def image_problems(recipe: Recipe, facts: Facts) -> list[Problem]:
             out.append(
                 recipe.problem(at, f"{path!r} " + ("does not exist" if kind == "missing" else "is not a directory"))
             )
+        elif (real := files.real.get(path, path)) != path and (bad := _bad_lower(real, facts)):
+            out.append(recipe.problem(at, f"{path!r} is {real!r} (through a symlink), which {bad}"))
+        elif bad := _bad_lower(path, facts):
+            out.append(recipe.problem(at, f"{path!r} {bad}"))
         elif path == "/" or any(ch in path for ch in LAYER_BAD) or any(ch.isspace() for ch in path):
             out.append(
                 recipe.problem(

@@ -50,6 +50,7 @@ class NetworkFacts:
     ports: tuple[tuple[str, str], ...] = ()  # ("tcp-8080", container): host ports published by live containers
     subnet: str | None = None  # the subnet the bridge's current users set it up with
     routes: tuple[tuple[str, str], ...] = ()  # (destination, device): the host's routes, but default and the bridge's
+    listening: tuple[str, ...] = ()  # ("tcp-22", "udp-53"): ports a host process listens on (/proc/net)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class HostFiles:
     kinds: dict[str, str] = field(default_factory=dict)  # absolute host path -> dir, file, other, missing
     tarballs: dict[str, TarballFact] = field(default_factory=dict)  # absolute path -> fact
     target_problems: dict[str, str] = field(default_factory=dict)  # mount target -> why it escapes the image
+    real: dict[str, str] = field(default_factory=dict)  # host path -> where it really is (symlinks resolved)
 
     def host_path(self, path: str) -> str:
         return posixpath.normpath(posixpath.join(self.base, path))
@@ -62,6 +63,7 @@ def gather(recipe: Recipe, facts: Facts) -> Facts:
     for local in (r.directory.path if r.directory else None, *(m.source for m in recipe.mounts if m.type == "bind")):
         if local is not None:
             files.kinds[files.host_path(local)] = kind_of(files.host_path(local))
+            files.real[files.host_path(local)] = os.path.realpath(files.host_path(local))
     if r.tarball:
         path = files.host_path(r.tarball.path)
         files.kinds[path] = kind_of(path)
@@ -153,7 +155,7 @@ def scan_tarball(path: str) -> TarballFact:
     try:
         with open(path, "rb") as f:
             reader = _Hashing(f)
-            problem = _scan_zstd(reader) if path.endswith((".tar.zst", ".tzst")) else _scan(reader)
+            problem = _scan_through(reader, tool) if (tool := decompressor(path)) else _scan(reader)
             while reader.read(1 << 20):  # hash the rest (tar's end padding)
                 pass
     except OSError as e:
@@ -161,8 +163,17 @@ def scan_tarball(path: str) -> TarballFact:
     return TarballFact(reader.hash.hexdigest(), problem)
 
 
-def _scan_zstd(reader: _Hashing) -> str | None:
-    proc = subprocess.Popen(["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+# The same program tar is told to use (rootfs.tar_flag), so the entries checked are the entries
+# unpacked: Python's gzip reader, say, stops after the first gzip member, where gzip goes on.
+DECOMPRESSORS = {(".tar.gz", ".tgz"): "gzip", (".tar.xz", ".txz"): "xz", (".tar.zst", ".tzst"): "zstd"}
+
+
+def decompressor(path: str) -> str | None:
+    return next((tool for suffixes, tool in DECOMPRESSORS.items() if path.endswith(suffixes)), None)
+
+
+def _scan_through(reader: _Hashing, tool: str) -> str | None:
+    proc = subprocess.Popen([tool, "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdin and proc.stdout
 
     def feed() -> None:
@@ -185,13 +196,15 @@ def _scan_zstd(reader: _Hashing) -> str | None:
         feeder.join()
         code = proc.wait()
     if problem is None and code != 0:
-        problem = "not a valid zstd archive"
+        problem = f"not a valid {tool} archive"
     return problem
 
 
 def _scan(stream: IO[bytes] | _Hashing) -> str | None:
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:  # type: ignore[call-overload]
+        # r| (plain tar): compression, if any, was undone by the same tool tar will use; one that is
+        # not what the file's name says fails here and in tar alike.
+        with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
             return check_members(tar)
     except (tarfile.TarError, EOFError, OSError) as e:
         return f"not a readable tar archive ({e})"
@@ -205,6 +218,7 @@ def check_members(members: tarfile.TarFile) -> str | None:
     to absolute paths, '..' or through symlinks, and device nodes outside /dev.
     """
     links: set[str] = set()  # names that are symlinks (so far: a later entry may replace one)
+    devices: set[str] = set()  # names that are device nodes: a hardlink to one is a device node too
     for m in members:
         name = m.name
         norm = posixpath.normpath(name.removeprefix("./")) if name not in (".", "./") else "."
@@ -223,10 +237,14 @@ def check_members(members: tarfile.TarFile) -> str | None:
             tparts = posixpath.normpath(target.removeprefix("./")).split("/")
             if any("/".join(tparts[:i]) in links for i in range(1, len(tparts) + 1)):
                 return f"hardlink {name!r} points through a symlink ({target!r})"
+            if "/".join(tparts) in devices and not norm.startswith("dev/"):
+                return f"hardlink {name!r} to the device node {target!r} is a device node outside /dev"
         if (m.ischr() or m.isblk()) and not norm.startswith("dev/"):
             return f"entry {name!r} is a device node outside /dev"
         if m.issym():
             links.add(norm)
         else:
             links.discard(norm)
+        if m.ischr() or m.isblk():
+            devices.add(norm)
     return None

@@ -102,7 +102,27 @@ def survey(facts: Facts, bridge: str) -> NetworkFacts:
                 subnet = f.read().strip() or None
     except PermissionError:
         return NetworkFacts(readable=False)
-    return NetworkFacts(readable=True, leases=leases, ports=ports, subnet=subnet, routes=host_routes(bridge))
+    return NetworkFacts(
+        readable=True, leases=leases, ports=ports, subnet=subnet, routes=host_routes(bridge), listening=listening()
+    )
+
+
+def listening() -> tuple[str, ...]:
+    """Ports a host process has bound (TCP in LISTEN, any bound UDP), as port_key()s, from /proc/net:
+    publishing one of them would silently take its traffic from the host's service (a DNAT wins)."""
+    keys = set()
+    for proto, files in (("tcp", ("tcp", "tcp6")), ("udp", ("udp", "udp6"))):
+        for name in files:
+            try:
+                with open(f"/proc/net/{name}") as f:
+                    rows = f.read().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                fields = row.split()
+                if len(fields) > 3 and (proto == "udp" or fields[3] == "0A"):  # 0A: TCP_LISTEN
+                    keys.add(port_key(int(fields[1].rsplit(":", 1)[1], 16), proto))
+    return tuple(sorted(keys))
 
 
 def host_routes(bridge: str) -> tuple[tuple[str, str], ...]:

@@ -179,7 +179,15 @@ def _bridge(recipe: Recipe, net: Network, facts: Facts) -> tuple[BridgeNet | Non
         assert parsed is not None  # the recipe loader checked the form
         p = Publish(*parsed)
         holder = taken_ports.get(ipam.port_key(p.host_port, p.proto))
-        if holder and holder != recipe.name:
+        if not holder and ipam.port_key(p.host_port, p.proto) in nf.listening:
+            problems.append(
+                recipe.problem(
+                    f"network.publish[{i}]",
+                    f"network.publish[{i}]: host port {p.host_port}/{p.proto} is in use by a process on this host "
+                    "(publishing it would take its traffic); choose another host port",
+                )
+            )
+        elif holder and holder != recipe.name:
             problems.append(
                 recipe.problem(
                     f"network.publish[{i}]",

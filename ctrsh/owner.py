@@ -241,6 +241,13 @@ def _network_undo(undo: Argv, paths: Paths) -> bool:
         return tags == [f"ctrsh:{name}"]
     if undo[:4] == ("sh", "-euc", firewall.LINK_UNDO, "ctrsh-undo"):
         return undo[4:] == (veth_names(paths)[0],)
+    from . import names
+
+    hosts = firewall.locked(paths.facts, names.HOSTS, "ctrsh-hosts", paths.facts.state_dir)
+    if undo[: len(hosts)] == hosts and len(undo) == len(hosts) + 3:  # the names step's: this container leaving
+        leases, gone, mark = undo[len(hosts) :]
+        bridge = leases.removeprefix(registry + "leases-")
+        return gone == name and mark == names.MARK and bridge != leases and "/" not in bridge and bridge != ".."
     unshare = set()  # the teardown half of each shared piece's script pair
     for value in vars(firewall).values():
         pairs = value.values() if isinstance(value, dict) else [value]

@@ -23,7 +23,7 @@ def files(c: Context) -> list[tuple[str, str]]:
     out = []
     if c.hostname is not None:
         out.append(("hostname", f"{c.hostname}\n"))
-    out.append(("hosts", hosts_text(c.hostname)))
+    out.append(("hosts", own_hosts(c)))
     out.append(("resolv.conf", resolv_text(c.facts.resolv_conf, c.recipe.dns, "net" in c.namespaces)))
     return out
 
@@ -40,6 +40,23 @@ def hosts_text(hostname: str | None) -> str:
         short = hostname.split(".")[0]
         text += f"127.0.1.1\t{hostname}" + (f" {short}" if short != hostname else "") + "\n"
     return text
+
+
+def own_hosts(c: Context) -> str:
+    """In bridge mode the container's own lines name its address (as Docker's do), and the network
+    phase appends the other containers on the bridge (see names.py); else Debian's 127.0.1.1."""
+    if c.network.bridge is None:
+        return hosts_text(c.hostname)
+    return bridge_hosts_text(c.hostname, c.recipe.name, str(c.network.bridge.address))
+
+
+def bridge_hosts_text(hostname: str | None, name: str, address: str) -> str:
+    names = [hostname] if hostname else []
+    if hostname and (short := hostname.split(".")[0]) != hostname:
+        names.append(short)
+    if name not in names:
+        names.append(name)  # the others know it by its name: so does it
+    return "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" + f"{address}\t{' '.join(names)}\n"
 
 
 def is_loopback(addr: str) -> bool:
@@ -73,6 +90,8 @@ def resolv_text(host: str, dns: list[str] | None, own_net: bool) -> str:
 def steps(c: Context) -> list[Step]:
     etc = c.paths.etc
     pairs = [x for pair in files(c) for x in pair]
+    if c.network.bridge is not None:  # the container's own lines, kept where it cannot change them (names.py)
+        pairs += ["hosts.base", own_hosts(c)]
     out = [
         Step(
             "filesystem",

@@ -9,7 +9,7 @@ address and a default route, then forwarding and NAT with iptables.
 
 from __future__ import annotations
 
-from .. import firewall, ipam
+from .. import firewall, ipam, names
 from ..netconfig import BridgeNet
 from ..plan import Step
 from . import Context
@@ -109,6 +109,7 @@ def bridge_steps(c: Context, b: BridgeNet, lo: Step) -> list[Step]:
             why="Forward the replies to them (under a DROP policy, new connections in only reach published ports).",
         ),
     ]  # fmt: skip
+    out.append(names.step(facts, b.bridge, name))
     out += publish_steps(c, b)
     return out
 
@@ -138,6 +139,12 @@ def publish_steps(c: Context, b: BridgeNet) -> list[Step]:
         ]  # fmt: skip
     if b.publish:
         out += [
+            firewall.shared_rule(
+                c.facts, b.bridge, name, "no-loopback-in", "raw", "-I", "PREROUTING", "-i", b.bridge,
+                "-d", "127.0.0.0/8", "-j", "DROP",
+                why=f"route_localnet (next) would also let packets from {b.bridge} to 127.0.0.0/8 in: "
+                "drop them first, or a container could reach the host's loopback-only services.",
+            ),
             firewall.shared(
                 c.facts, f"route_localnet-{b.bridge}", name, firewall.SYSCTL,
                 f"127.0.0.1:PORT: a packet from 127.0.0.1 may leave by {b.bridge} only with route_localnet "

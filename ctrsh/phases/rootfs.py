@@ -109,7 +109,11 @@ class Build:
 
     def start(self, what: str) -> list[Step]:
         return [
-            self.step(("mkdir", "-p", os.path.dirname(self.image)), "Where built results are kept (made once)."),
+            self.step(
+                ("install", "-d", "-m", "0700", os.path.dirname(self.image)),
+                "Where built images are kept; 0700 (set even if it exists): an image may hold setuid files "
+                "and device nodes, which no other host user may reach (Docker's CVE-2021-41091).",
+            ),
             self.step(
                 ("rm", "-rf", "--one-file-system", self.work),
                 "Clear what an earlier, interrupted build by this container name may have left.",

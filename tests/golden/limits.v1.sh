@@ -138,8 +138,8 @@ done
 # == rootfs: provide the root filesystem ==
 if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
   n=${#undos[@]}
-  # Where built results are kept (made once).
-  mkdir -p /var/lib/ctrsh/images
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh/images
   # Clear what an earlier, interrupted build by this container name may have left.
   rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-limits
   # Build a busybox image in a work dir of this container's own, beside its final place; a build cut short is never used.
@@ -173,8 +173,8 @@ rm -rf --one-file-system "$1"
 fi
 if [[ ! -e /var/lib/ctrsh/dev-2 && ! -L /var/lib/ctrsh/dev-2 ]]; then  # only if missing
   n=${#undos[@]}
-  # Where built results are kept (made once).
-  mkdir -p /var/lib/ctrsh
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh
   # Clear what an earlier, interrupted build by this container name may have left.
   rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-limits
   # Build a template for /dev in a work dir of this container's own, beside its final place; a build cut short is never used.
@@ -301,7 +301,7 @@ ip -n ctrsh-limits link set lo up
 # == cgroups: limit resources ==
 # The parent of this ctrsh instance's cgroups (named for its state dir); removed once no container uses it.
 mkdir -p /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh
-undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d"; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh'
+undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d" 2>/dev/null || :; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh'
 # The container's cgroup (a cgroup in each hierarchy): all its processes, also ones that leave its namespaces. Teardown kills every process in it first, then removes it.
 mkdir /sys/fs/cgroup/cpu/ctrsh/limits /sys/fs/cgroup/cpuacct/ctrsh/limits /sys/fs/cgroup/memory/ctrsh/limits /sys/fs/cgroup/pids/ctrsh/limits /sys/fs/cgroup/devices/ctrsh/limits /sys/fs/cgroup/freezer/ctrsh/limits
 undo 'sh -c '"'"'f=$1; shift

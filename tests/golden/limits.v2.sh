@@ -139,8 +139,8 @@ done
 # == rootfs: provide the root filesystem ==
 if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
   n=${#undos[@]}
-  # Where built results are kept (made once).
-  mkdir -p /var/lib/ctrsh/images
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh/images
   # Clear what an earlier, interrupted build by this container name may have left.
   rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-limits
   # Build a busybox image in a work dir of this container's own, beside its final place; a build cut short is never used.
@@ -174,8 +174,8 @@ rm -rf --one-file-system "$1"
 fi
 if [[ ! -e /var/lib/ctrsh/dev-2 && ! -L /var/lib/ctrsh/dev-2 ]]; then  # only if missing
   n=${#undos[@]}
-  # Where built results are kept (made once).
-  mkdir -p /var/lib/ctrsh
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh
   # Clear what an earlier, interrupted build by this container name may have left.
   rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-limits
   # Build a template for /dev in a work dir of this container's own, beside its final place; a build cut short is never used.
@@ -302,7 +302,7 @@ ip -n ctrsh-limits link set lo up
 # == cgroups: limit resources ==
 # The parent of this ctrsh instance's cgroups (named for its state dir); removed once no container uses it.
 mkdir -p /sys/fs/cgroup/ctrsh
-undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d"; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/ctrsh'
+undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d" 2>/dev/null || :; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/ctrsh'
 # cgroup v2: let the root hand these controllers down (systemd hosts already do). Left on afterwards: other cgroups may rely on it.
 sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write '+cpu +memory +pids' /sys/fs/cgroup/cgroup.subtree_control
 # ... and the instance's parent to its children.

@@ -138,8 +138,8 @@ done
 # == rootfs: provide the root filesystem ==
 if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
   n=${#undos[@]}
-  # Where built results are kept (made once).
-  mkdir -p /var/lib/ctrsh/images
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh/images
   # Clear what an earlier, interrupted build by this container name may have left.
   rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-web
   # Build a busybox image in a work dir of this container's own, beside its final place; a build cut short is never used.
@@ -173,8 +173,8 @@ rm -rf --one-file-system "$1"
 fi
 if [[ ! -e /var/lib/ctrsh/dev-2 && ! -L /var/lib/ctrsh/dev-2 ]]; then  # only if missing
   n=${#undos[@]}
-  # Where built results are kept (made once).
-  mkdir -p /var/lib/ctrsh
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh
   # Clear what an earlier, interrupted build by this container name may have left.
   rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-web
   # Build a template for /dev in a work dir of this container's own, beside its final place; a build cut short is never used.
@@ -284,8 +284,11 @@ mkdir "$1"; d=$1; shift
 while [ $# -gt 0 ]; do printf "%s" "$2" >"$d/$1"; shift 2; done' ctrsh-etc /run/ctrsh/web/etc hostname 'web
 ' hosts '127.0.0.1	localhost
 ::1	localhost ip6-localhost ip6-loopback
-127.0.1.1	web
+10.88.0.2	web
 ' resolv.conf 'nameserver 192.0.2.53
+' hosts.base '127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+10.88.0.2	web
 '
 # /etc/hostname: this container's own, bound over the image's (which stays unchanged).
 nsenter --mount=/run/ctrsh/web/ns/mnt -- mount --bind /run/ctrsh/web/etc/hostname /run/ctrsh/web/rootfs/etc/hostname
@@ -490,6 +493,63 @@ if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes 
   rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
 fi
 '"'"' ctrsh-unshare /run/ctrsh/network/forward-back-ctrsh0 web filter -I FORWARD -o ctrsh0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0'
+# Names: rewrite the /etc/hosts of every container on ctrsh0 (this one included) in place, from the leases, under the same lock: each lists the others by name. The undo rewrites them without this one.
+flock /run/ctrsh sh -euc 'state=$1 leases=$2 gone=$3 mark=$4
+nl='"'"'
+'"'"'
+list=
+for f in "$leases"/*; do
+  [ -f "$f" ] || continue
+  a=${f##*/}
+  case $a in *[!0-9.]*) continue ;; esac
+  m=
+  read -r m <"$f" || true
+  case $m in '"'"''"'"' | *[!a-z0-9-]*) continue ;; esac
+  [ "$m" != "$gone" ] && [ -d "$state/$m" ] || continue  # a lease of a container that is gone is free
+  list="$list$a $m$nl"
+done
+IFS=$nl
+set -f
+for entry in $list; do
+  d="$state/${entry#* }/etc"
+  [ -f "$d/hosts.base" ] && [ -f "$d/hosts" ] || continue
+  {
+    while IFS= read -r line; do printf '"'"'%s\n'"'"' "$line"; done <"$d/hosts.base"
+    printf '"'"'%s\n'"'"' "$mark"
+    for other in $list; do
+      [ "$other" = "$entry" ] || printf '"'"'%s\t%s\n'"'"' "${other% *}" "${other#* }"
+    done
+  } >"$d/hosts"
+done
+' ctrsh-hosts /run/ctrsh /run/ctrsh/network/leases-ctrsh0 '' '# ctrsh: the other containers on this bridge (kept current by ctrsh)'
+undo 'flock /run/ctrsh sh -euc '"'"'state=$1 leases=$2 gone=$3 mark=$4
+nl='"'"'"'"'"'"'"'"'
+'"'"'"'"'"'"'"'"'
+list=
+for f in "$leases"/*; do
+  [ -f "$f" ] || continue
+  a=${f##*/}
+  case $a in *[!0-9.]*) continue ;; esac
+  m=
+  read -r m <"$f" || true
+  case $m in '"'"'"'"'"'"'"'"''"'"'"'"'"'"'"'"' | *[!a-z0-9-]*) continue ;; esac
+  [ "$m" != "$gone" ] && [ -d "$state/$m" ] || continue  # a lease of a container that is gone is free
+  list="$list$a $m$nl"
+done
+IFS=$nl
+set -f
+for entry in $list; do
+  d="$state/${entry#* }/etc"
+  [ -f "$d/hosts.base" ] && [ -f "$d/hosts" ] || continue
+  {
+    while IFS= read -r line; do printf '"'"'"'"'"'"'"'"'%s\n'"'"'"'"'"'"'"'"' "$line"; done <"$d/hosts.base"
+    printf '"'"'"'"'"'"'"'"'%s\n'"'"'"'"'"'"'"'"' "$mark"
+    for other in $list; do
+      [ "$other" = "$entry" ] || printf '"'"'"'"'"'"'"'"'%s\t%s\n'"'"'"'"'"'"'"'"' "${other% *}" "${other#* }"
+    done
+  } >"$d/hosts"
+done
+'"'"' ctrsh-hosts /run/ctrsh /run/ctrsh/network/leases-ctrsh0 web '"'"'# ctrsh: the other containers on this bridge (kept current by ctrsh)'"'"''
 # Publish host port 8080/tcp: packets from other hosts to any of this host's addresses go to 10.88.0.2:80. Only to local addresses: traffic passing through keeps its destination.
 iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -p tcp --dport 8080 -j DNAT --to-destination 10.88.0.2:80 -m comment --comment ctrsh:web
 undo 'sh -euc '"'"'t=$1 ch=$2
@@ -508,6 +568,33 @@ undo 'sh -euc '"'"'t=$1 ch=$2
 shift 2
 if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
 '"'"' ctrsh-undo filter FORWARD -d 10.88.0.2 -o ctrsh0 -p tcp --dport 80 -j ACCEPT -m comment --comment ctrsh:web'
+# route_localnet (next) would also let packets from ctrsh0 to 127.0.0.0/8 in: drop them first, or a container could reach the host's loopback-only services.
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  t=$1 op=$2 ch=$3
+  shift 3
+  if ! iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then
+    iptables -t "$t" "$op" "$ch" "$@"
+    : > "$reg/made"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/no-loopback-in-ctrsh0 web raw -I PREROUTING -i ctrsh0 -d 127.0.0.0/8 -j DROP -m comment --comment ctrsh:bridge/ctrsh0
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    t=$1 ch=$3
+    shift 3
+    if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/no-loopback-in-ctrsh0 web raw -I PREROUTING -i ctrsh0 -d 127.0.0.0/8 -j DROP -m comment --comment ctrsh:bridge/ctrsh0'
 # 127.0.0.1:PORT: a packet from 127.0.0.1 may leave by ctrsh0 only with route_localnet (else the kernel drops it as martian). The last user restores the old value.
 flock /run/ctrsh sh -euc 'reg=$1 me=$2
 shift 2
@@ -542,7 +629,7 @@ if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$
 # == cgroups: limit resources ==
 # The parent of this ctrsh instance's cgroups (named for its state dir); removed once no container uses it.
 mkdir -p /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh
-undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d"; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh'
+undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d" 2>/dev/null || :; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh'
 # The container's cgroup (a cgroup in each hierarchy): all its processes, also ones that leave its namespaces. Teardown kills every process in it first, then removes it.
 mkdir /sys/fs/cgroup/cpu/ctrsh/web /sys/fs/cgroup/cpuacct/ctrsh/web /sys/fs/cgroup/memory/ctrsh/web /sys/fs/cgroup/pids/ctrsh/web /sys/fs/cgroup/devices/ctrsh/web /sys/fs/cgroup/freezer/ctrsh/web
 undo 'sh -c '"'"'f=$1; shift

@@ -35,9 +35,9 @@ def netns_ready() -> None:
 
 @pytest.fixture(scope="session")
 def firewall_ready() -> None:
-    """iptables-nft creates the filter and nat tables on their first rule and keeps them, empty, for
+    """iptables-nft creates the filter, nat and raw tables on their first rule and keeps them, empty, for
     good (as /run/netns above). That is iptables' one-time setup: do it before the first snapshot."""
-    for table, chain in (("filter", "FORWARD"), ("nat", "POSTROUTING")):
+    for table, chain in (("filter", "FORWARD"), ("nat", "POSTROUTING"), ("raw", "PREROUTING")):
         subprocess.run(["iptables", "-t", table, "-A", chain, "-j", "ACCEPT"], check=True)
         subprocess.run(["iptables", "-t", table, "-D", chain, "-j", "ACCEPT"], check=True)
 

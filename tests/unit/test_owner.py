@@ -73,3 +73,18 @@ def test_network_undos_only_for_this_container() -> None:
     assert not known_undo((*release, "/etc", "web", "passwd"), paths)
     forged = firewall.locked(Facts(), "reg=$1 me=$2\nshift 2\nreboot", "ctrsh-unshare")
     assert not known_undo((*forged, "/run/ctrsh/network/x", "web"), paths)
+
+
+def test_names_undo_only_for_this_container_leaving_its_registry() -> None:
+    from ctrsh import names
+
+    paths = Paths(Facts(), "web")
+    assert known_undo(names.hosts_argv(Facts(), "ctrsh0", "web"), paths)
+    assert not known_undo(names.hosts_argv(Facts(), "ctrsh0", "other"), paths)  # takes another one out
+    assert not known_undo(names.hosts_argv(Facts(), "ctrsh0", ""), paths)  # the start's, not an undo
+    head = names.hosts_argv(Facts(), "ctrsh0", "web")[:-3]
+    assert not known_undo((*head, "/etc", "web", names.MARK), paths)  # a dir outside the registry
+    assert not known_undo((*head, "/run/ctrsh/network/leases-../..", "web", names.MARK), paths)
+    assert not known_undo((*head, "/run/ctrsh/network/leases-ctrsh0", "web", "# else"), paths)
+    forged = (*head[:4], "reboot", *head[5:])
+    assert not known_undo((*forged, "/run/ctrsh/network/leases-ctrsh0", "web", names.MARK), paths)

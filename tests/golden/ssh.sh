@@ -1,0 +1,741 @@
+#!/usr/bin/env bash
+# Container "ssh", exported by ctrsh 0.1.0 from recipes/ssh.yaml.
+# It runs the same commands as `ctrsh apply recipes/ssh.yaml`, with plain bash.
+# Run it as root. Everything it changes on the host is undone when it exits,
+# fails or is interrupted: each step that changes the host registers its undo.
+# shellcheck disable=SC2016  # '$1' in single quotes is for the inner sh, by design
+# shellcheck disable=SC2174  # mkdir -p -m: the mode is meant for the last dir only
+set -euo pipefail
+# The tools this runs as root come from a fixed PATH (as sudo's secure_path), never the caller's.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+if [[ $EUID -ne 0 ]]; then
+  echo "$0: run this as root, e.g. sudo bash $0" >&2
+  exit 1
+fi
+
+# Descriptors the caller left open must not reach the container (runc CVE-2024-21626): close all
+# but stdin, stdout, stderr and bash's own handle on this script (255).
+for fd in /proc/"$$"/fd/*; do
+  fd=${fd##*/}
+  if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
+done
+undos=()  # commands that reverse what has run, oldest first
+stop=0    # set by a signal, acted on between steps: no step runs without its undo registered
+cleanup() {
+  local rc=$? i
+  if ((stop)); then rc=$stop; fi
+  trap - EXIT
+  trap '' INT TERM HUP QUIT PIPE USR1 USR2 ALRM  # a teardown cut short would leave the host half-changed
+  for ((i = ${#undos[@]} - 1; i >= 0; i--)); do
+    eval "${undos[i]}" || echo "$0: undo failed: ${undos[i]}" >&2
+  done
+  exit "$rc"
+}
+# After a step that changed the host: register what reverses it, then stop if asked to.
+undo() {
+  undos+=("$1")
+  if ((stop)); then exit "$stop"; fi
+}
+trap cleanup EXIT
+
+# The container runs in a session of its own, out of reach of the terminal's Ctrl-C, so signals to
+# this script are passed on to it, as `ctrsh apply` does. Its processes are those in its mount
+# namespace (-ef: same file). Ctrl-C goes to its PID 1 if that has a handler for it; a PID 1 without
+# one would never see it (the kernel protects a namespace's init), so then the container is stopped.
+container_ns=/run/ctrsh/ssh/ns/mnt
+container=0  # pid of the command that runs the container, while it runs
+terminal=0  # 1: it has a pty of its own (script(1) relays the caller's terminal to it)
+container_pids() {
+  local p
+  for p in /proc/[0-9]*; do
+    if [[ $p/ns/mnt -ef $container_ns && ${p#/proc/} != "$$" ]]; then echo "${p#/proc/}"; fi
+  done
+}
+catches() {  # is $1 PID 1 of a PID namespace (else 2), with a handler for signal $2 (else 1)?
+  local key value nspid=() caught=0
+  while read -r key value; do
+    case $key in
+      NSpid:) read -ra nspid <<<"$value" ;;
+      SigCgt: | SigBlk:) caught=$((caught | 16#$value >> ($2 - 1) & 1)) ;;  # blocked: an init like tini takes it
+    esac
+  done <"/proc/$1/status" || return 2
+  ((${#nspid[@]} > 1)) && [[ ${nspid[-1]} == 1 ]] || return 2
+  # tini (process.init) waits in sigtimedwait, which hides its blocked signals while it waits
+  ((caught)) || [[ $(<"/proc/$1/comm") == tini-static ]]
+}
+on_signal() {  # $1 signal, $2 exit code
+  local p init=""
+  if ((container)) && [[ $1 == INT ]] && ((!stop)); then
+    for p in $(container_pids); do
+      if catches "$p" 2; then init=$p; elif (($? == 1)); then init=none; fi
+    done
+    if [[ -n $init && $init != none ]]; then kill -INT "$init" 2>/dev/null || :; return; fi
+  fi
+  if ((!stop)); then stop=$2; fi
+  if ((container)); then stop_container; fi
+}
+# As `docker stop`: SIGTERM to PID 1, SIGKILL to all after the grace time. A PID 1 of a PID namespace
+# with no SIGTERM handler never gets it (the kernel drops it), so then SIGKILL at once.
+grace=10
+deadline=0
+stop_container() {
+  local p inits=() others=() targets=() hard=0
+  if ((deadline == 0)); then
+    for p in $(container_pids); do
+      catches "$p" 15
+      case $? in 0) inits+=("$p") ;; 1) hard=1 ;; *) others+=("$p") ;; esac
+    done
+    targets=("${inits[@]}")
+    if ((!${#inits[@]})); then targets=("${others[@]}"); fi
+    if ((!hard && ${#targets[@]})); then
+      kill -TERM "${targets[@]}" 2>/dev/null || :
+      deadline=$((SECONDS + grace))
+      return
+    fi
+    deadline=-1
+  fi
+  if ((deadline > 0 && SECONDS < deadline)); then return; fi
+  for p in $(container_pids); do
+    [[ $(<"/proc/$p/comm") == script ]] || kill -KILL "$p" 2>/dev/null || :  # the relay ends with PID 1
+  done
+}
+# Run the container in the background and wait, so that a signal's trap runs at once.
+# (errexit is off meanwhile: bash 5.2 exits when a trap interrupts `wait` under set -e, even in an `if`.)
+run_container() {
+  local rc
+  if ((!terminal)) && [[ -t 1 || -t 2 ]]; then
+    # No terminal of its own: then it must not hold the caller's either (it could read what is
+    # typed there): its output goes through pipes, copied to the terminal by cat.
+    if [[ -t 0 ]]; then "$@" </dev/null > >(cat) 2> >(cat >&2) & else "$@" > >(cat) 2> >(cat >&2) & fi
+  else
+    "$@" <&0 &
+  fi
+  container=$!
+  set +e
+  while :; do
+    wait "$container"
+    rc=$?
+    if ! kill -0 "$container" 2>/dev/null; then break; fi
+    if ((stop)); then stop_container; sleep 0.05; fi  # it may still be entering its namespaces
+  done
+  set -e
+  container=0
+  return "$rc"
+}
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
+trap 'on_signal HUP 129' HUP
+trap 'on_signal PIPE 141' PIPE
+# Every other signal that would end bash with no teardown, as apply does.
+for sig in QUIT USR1 USR2 ALRM XCPU XFSZ VTALRM PROF IO PWR; do
+  # shellcheck disable=SC2064  # the signal's name and number are fixed here, on purpose
+  trap "on_signal $sig $((128 + $(kill -l "$sig")))" "$sig"
+done
+# Note: seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.
+# Note: keyrings: root inside shares host root's user keyring (keyrings are per uid; Docker's seccomp profile blocks keyctl and add_key, and only that or a user namespace would separate them).
+
+# == rootfs: provide the root filesystem ==
+if [[ ! -e /var/lib/ctrsh/images/bookworm-minbase-37918b6d233d && ! -L /var/lib/ctrsh/images/bookworm-minbase-37918b6d233d ]]; then  # only if missing
+  n=${#undos[@]}
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh/images
+  # Clear what an earlier, interrupted build by this container name may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/images/bookworm-minbase-37918b6d233d.tmp-ssh
+  # Build Debian bookworm in a work dir of this container's own, beside its final place; a build cut short is never used.
+  mkdir -m 0755 /var/lib/ctrsh/images/bookworm-minbase-37918b6d233d.tmp-ssh /var/lib/ctrsh/images/bookworm-minbase-37918b6d233d.tmp-ssh/rootfs
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/images/bookworm-minbase-37918b6d233d.tmp-ssh'
+  # Download and unpack Debian bookworm (minbase) from http://deb.debian.org/debian; debootstrap prints each stage. Built once: later applies reuse the image.
+  unshare --mount --propagation private -- sh -c 'umask 022; exec debootstrap "$@"' ctrsh-debootstrap --variant=minbase --include=openssh-server bookworm /var/lib/ctrsh/images/bookworm-minbase-37918b6d233d.tmp-ssh/rootfs http://deb.debian.org/debian
+  # Drop the downloaded .deb files: installed, they only take space in every copy of the image.
+  find /var/lib/ctrsh/images/bookworm-minbase-37918b6d233d.tmp-ssh/rootfs/var/cache/apt/archives -xdev -name '*.deb' -type f -delete
+  # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
+  flock /var/lib/ctrsh/images/bookworm-minbase-37918b6d233d.lock sh -c 'if [ ! -e "$2" ]; then
+  printf "%s\n" "$3" >"$2.source"
+  mv -T "$1/rootfs" "$2"
+fi
+rm -rf --one-file-system "$1"
+' ctrsh-publish /var/lib/ctrsh/images/bookworm-minbase-37918b6d233d.tmp-ssh /var/lib/ctrsh/images/bookworm-minbase-37918b6d233d 'debootstrap bookworm minbase +openssh-server http://deb.debian.org/debian'
+  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
+fi
+if [[ ! -e /var/lib/ctrsh/dev-2 && ! -L /var/lib/ctrsh/dev-2 ]]; then  # only if missing
+  n=${#undos[@]}
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh
+  # Clear what an earlier, interrupted build by this container name may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-ssh
+  # Build a template for /dev in a work dir of this container's own, beside its final place; a build cut short is never used.
+  mkdir -m 0755 /var/lib/ctrsh/dev-2.tmp-ssh /var/lib/ctrsh/dev-2.tmp-ssh/rootfs
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-ssh'
+  # Mount points for ptys, shared memory and message queues; the template's own mode 0755 becomes /dev's.
+  mkdir -m 0755 /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/pts /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/shm /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/mqueue
+  # /dev/null: character device 1:3, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/null c 1 3
+  # /dev/zero: character device 1:5, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/zero c 1 5
+  # /dev/full: character device 1:7, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/full c 1 7
+  # /dev/random: character device 1:8, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/random c 1 8
+  # /dev/urandom: character device 1:9, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/urandom c 1 9
+  # /dev/tty: character device 5:0, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/tty c 5 0
+  # /dev/fd -> /proc/self/fd, as on any Linux.
+  ln -s /proc/self/fd /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/fd
+  # /dev/stdin -> /proc/self/fd/0, as on any Linux.
+  ln -s /proc/self/fd/0 /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/stdin
+  # /dev/stdout -> /proc/self/fd/1, as on any Linux.
+  ln -s /proc/self/fd/1 /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/stdout
+  # /dev/stderr -> /proc/self/fd/2, as on any Linux.
+  ln -s /proc/self/fd/2 /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/stderr
+  # /dev/ptmx -> pts/ptmx, as on any Linux.
+  ln -s pts/ptmx /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/ptmx
+  # /dev/core -> /proc/kcore, as on any Linux.
+  ln -s /proc/kcore /var/lib/ctrsh/dev-2.tmp-ssh/rootfs/core
+  # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
+  flock /var/lib/ctrsh/dev-2.lock sh -c 'if [ ! -e "$2" ]; then
+  printf "%s\n" "$3" >"$2.source"
+  mv -T "$1/rootfs" "$2"
+fi
+rm -rf --one-file-system "$1"
+' ctrsh-publish /var/lib/ctrsh/dev-2.tmp-ssh /var/lib/ctrsh/dev-2 'dev template'
+  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
+fi
+# Remove this apply's build work dirs, left behind if another apply published the same image first.
+rm -rf --one-file-system /var/lib/ctrsh/images/bookworm-minbase-37918b6d233d.tmp-ssh /var/lib/ctrsh/dev-2.tmp-ssh
+
+# == namespaces: create the namespaces, persisted as files so each later step can enter them ==
+if [[ ! -e /run/ctrsh && ! -L /run/ctrsh ]]; then  # only if missing
+  # ctrsh's runtime state lives here, private to root (0700); made only if missing, and then removed once no container uses it.
+  mkdir -p -m 0700 /run/ctrsh
+  undo 'rmdir --ignore-fail-on-non-empty /run/ctrsh'
+fi
+# This container's state, private to root: its namespace files and its root mount point. mkdir fails if it exists, so two containers never share a name.
+mkdir -m 0700 /run/ctrsh/ssh /run/ctrsh/ssh/ns /run/ctrsh/ssh/rootfs
+undo 'rm -rf --one-file-system /run/ctrsh/ssh'
+# Mark the dir as this ctrsh's (.ctrsh-owner): `ctrsh destroy` removes only marked dirs, never a look-alike.
+sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /run/ctrsh/ssh/.ctrsh-owner 'ctrsh container ssh state-dir /run/ctrsh data-dir /var/lib/ctrsh'
+# A private mount point to hold namespace files: the kernel refuses them under a shared mount.
+mount --bind --make-private /run/ctrsh/ssh/ns /run/ctrsh/ssh/ns
+undo 'umount --recursive /run/ctrsh/ssh/ns'
+# Empty files that namespaces will be bound to, keeping them alive.
+touch /run/ctrsh/ssh/ns/mnt /run/ctrsh/ssh/ns/uts /run/ctrsh/ssh/ns/ipc
+# A network namespace, kept alive at /run/netns/ctrsh-ssh: only lo, and it is down.
+ip netns add ctrsh-ssh
+undo 'ip netns delete ctrsh-ssh'
+# Create the namespaces, bind each to its file, then set the hostname inside them (the host's is untouched). Private propagation: no mount made inside ever reaches the host.
+unshare --mount=/run/ctrsh/ssh/ns/mnt --uts=/run/ctrsh/ssh/ns/uts --ipc=/run/ctrsh/ssh/ns/ipc --propagation private hostname ssh
+
+# == filesystem: assemble the container's mounts inside its own mount namespace ==
+if [[ ! -e /var/lib/ctrsh/containers && ! -L /var/lib/ctrsh/containers ]]; then  # only if missing
+  # Where containers' writable layers live while they run (made once, kept); 0700: no other user can reach a file a container writes (a setuid binary, say).
+  mkdir -p -m 0700 /var/lib/ctrsh/containers
+fi
+# This container's dir, private to root, and overlayfs' scratch dir (work), on disk.
+mkdir -m 0700 /var/lib/ctrsh/containers/ssh /var/lib/ctrsh/containers/ssh/work
+undo 'rm -rf --one-file-system /var/lib/ctrsh/containers/ssh'
+# Mark the dir as this ctrsh's (.ctrsh-owner): `ctrsh destroy` removes only marked dirs, never a look-alike.
+sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /var/lib/ctrsh/containers/ssh/.ctrsh-owner 'ctrsh container ssh state-dir /run/ctrsh data-dir /var/lib/ctrsh'
+# Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.
+mkdir -m 0755 /var/lib/ctrsh/containers/ssh/upper
+# Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
+mkdir -m 0755 /var/lib/ctrsh/containers/ssh/upper/proc /var/lib/ctrsh/containers/ssh/upper/dev /var/lib/ctrsh/containers/ssh/upper/sys /var/lib/ctrsh/containers/ssh/upper/.ctrsh /var/lib/ctrsh/containers/ssh/upper/.oldroot /var/lib/ctrsh/containers/ssh/upper/etc /var/lib/ctrsh/containers/ssh/upper/root /var/lib/ctrsh/containers/ssh/upper/root/.ssh /var/lib/ctrsh/containers/ssh/upper/root/.ssh/authorized_keys
+# Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/ssh/upper/etc/ld.so.preload
+# Likewise for /etc/hostname, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/ssh/upper/etc/hostname
+# Likewise for /etc/hosts, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/ssh/upper/etc/hosts
+# Likewise for /etc/resolv.conf, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/ssh/upper/etc/resolv.conf
+# Parents of the volumes' mount points keep the image's own mode and owner (/tmp stays 1777).
+sh -c 'l=$(realpath -e -- "$1") u=$2; shift 2
+for d; do
+  r=$(realpath -e -- "$l$d" 2>/dev/null) || continue
+  case $r in "$l"/*) [ -d "$r" ] && chmod --reference="$r" "$u$d" && chown --reference="$r" "$u$d" ;; esac
+done
+true' ctrsh-modes /var/lib/ctrsh/images/bookworm-minbase-37918b6d233d /var/lib/ctrsh/containers/ssh/upper /root /root/.ssh
+# Root filesystem: the shared image read-only below, this container's own writes above (upper).
+nsenter --mount=/run/ctrsh/ssh/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/bookworm-minbase-37918b6d233d,upperdir=/var/lib/ctrsh/containers/ssh/upper,workdir=/var/lib/ctrsh/containers/ssh/work /run/ctrsh/ssh/rootfs
+# A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
+nsenter --mount=/run/ctrsh/ssh/ns/mnt -- mount -t tmpfs -o nosuid,strictatime,mode=0755,size=65536k tmpfs /run/ctrsh/ssh/rootfs/dev
+# Fill /dev from the template: six devices, the fd links, the pts, shm and mqueue mount points.
+nsenter --mount=/run/ctrsh/ssh/ns/mnt -- cp -a /var/lib/ctrsh/dev-2/. /run/ctrsh/ssh/rootfs/dev/
+# The container's own pty instance (newinstance): it cannot see the host's terminals.
+nsenter --mount=/run/ctrsh/ssh/ns/mnt -- mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts /run/ctrsh/ssh/rootfs/dev/pts
+# /dev/shm for POSIX shared memory, private to the container, 64 MiB as in Docker.
+nsenter --mount=/run/ctrsh/ssh/ns/mnt -- mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=65536k shm /run/ctrsh/ssh/rootfs/dev/shm
+# /dev/mqueue for POSIX message queues, those of the container's IPC namespace.
+nsenter --mount=/run/ctrsh/ssh/ns/mnt --ipc=/run/ctrsh/ssh/ns/ipc -- mount -t mqueue -o nosuid,nodev,noexec mqueue /run/ctrsh/ssh/rootfs/dev/mqueue
+# /sys read-only, mounted from the container's network namespace so it lists only its interfaces.
+nsenter --mount=/run/ctrsh/ssh/ns/mnt --net=/run/netns/ctrsh-ssh -- mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /run/ctrsh/ssh/rootfs/sys
+# Record which image this container is made from: `ctrsh rmi` refuses to remove an image in use.
+sh -c 'printf "%s\n" "$2" >"$1"' ctrsh-record /run/ctrsh/ssh/image /var/lib/ctrsh/images/bookworm-minbase-37918b6d233d
+# /root/.ssh/authorized_keys: /src/ctrsh/recipes/authorized_keys, bind-mounted (not its submounts).
+nsenter --mount=/run/ctrsh/ssh/ns/mnt -- mount --bind /src/ctrsh/recipes/authorized_keys /run/ctrsh/ssh/rootfs/root/.ssh/authorized_keys
+# /root/.ssh/authorized_keys read-only: a bind mount takes `ro` only on a remount of itself.
+nsenter --mount=/run/ctrsh/ssh/ns/mnt -- mount -o remount,bind,ro /run/ctrsh/ssh/rootfs/root/.ssh/authorized_keys
+# The container's own /etc/hostname, hosts, resolv.conf: written in its state dir (mode 0644).
+sh -c 'umask 022
+mkdir "$1"; d=$1; shift
+while [ $# -gt 0 ]; do printf "%s" "$2" >"$d/$1"; shift 2; done' ctrsh-etc /run/ctrsh/ssh/etc hostname 'ssh
+' hosts '127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+10.88.0.2	ssh
+' resolv.conf 'nameserver 192.0.2.53
+' hosts.base '127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+10.88.0.2	ssh
+'
+# /etc/hostname: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/ssh/ns/mnt -- mount --bind /run/ctrsh/ssh/etc/hostname /run/ctrsh/ssh/rootfs/etc/hostname
+# /etc/hosts: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/ssh/ns/mnt -- mount --bind /run/ctrsh/ssh/etc/hosts /run/ctrsh/ssh/rootfs/etc/hosts
+# /etc/resolv.conf: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/ssh/ns/mnt -- mount --bind /run/ctrsh/ssh/etc/resolv.conf /run/ctrsh/ssh/rootfs/etc/resolv.conf
+
+# == network: configure the network namespace ==
+# Lease 10.88.0.2 on ctrsh0 (the next free address in the registry now): a file naming this container, written under a lock on /run/ctrsh; fails if a live container holds it, so no two get the same address.
+flock /run/ctrsh sh -euc 'state=$1 dir=$2 me=$3
+shift 3
+mkdir -p "$dir"
+for key; do  # held by a container that still exists: fail, nothing claimed
+  if [ -e "$dir/$key" ]; then
+    holder=$(cat "$dir/$key")
+    if [ "$holder" != "$me" ] && [ -d "$state/$holder" ]; then
+      echo "$key is taken by container $holder" >&2
+      exit 75
+    fi
+  fi
+done
+for key; do echo "$me" > "$dir/$key"; done
+' ctrsh-claim /run/ctrsh /run/ctrsh/network/leases-ctrsh0 ssh 10.88.0.2
+undo 'flock /run/ctrsh sh -euc '"'"'dir=$1 me=$2
+shift 2
+for key; do
+  if [ "$(cat "$dir/$key" 2>/dev/null)" = "$me" ]; then rm -f "$dir/$key"; fi
+done
+rmdir "$dir" "${dir%/*}" 2>/dev/null || true
+'"'"' ctrsh-release /run/ctrsh/network/leases-ctrsh0 ssh 10.88.0.2'
+# Claim the published host ports the same way: two containers cannot both take one.
+flock /run/ctrsh sh -euc 'state=$1 dir=$2 me=$3
+shift 3
+mkdir -p "$dir"
+for key; do  # held by a container that still exists: fail, nothing claimed
+  if [ -e "$dir/$key" ]; then
+    holder=$(cat "$dir/$key")
+    if [ "$holder" != "$me" ] && [ -d "$state/$holder" ]; then
+      echo "$key is taken by container $holder" >&2
+      exit 75
+    fi
+  fi
+done
+for key; do echo "$me" > "$dir/$key"; done
+' ctrsh-claim /run/ctrsh /run/ctrsh/network/ports ssh tcp-23322
+undo 'flock /run/ctrsh sh -euc '"'"'dir=$1 me=$2
+shift 2
+for key; do
+  if [ "$(cat "$dir/$key" 2>/dev/null)" = "$me" ]; then rm -f "$dir/$key"; fi
+done
+rmdir "$dir" "${dir%/*}" 2>/dev/null || true
+'"'"' ctrsh-release /run/ctrsh/network/ports ssh tcp-23322'
+# The bridge ctrsh0, a virtual switch for the containers, with the gateway 10.88.0.1 on it: made (`ip link add … type bridge`, address, up) unless it exists; shared, so the last container out deletes it, and only if ctrsh made it.
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  if ! ip link show dev "$1" >/dev/null 2>&1; then
+    ip link add "$1" type bridge
+    ip addr add "$2" dev "$1"
+    ip link set "$1" up
+    : > "$reg/made"
+  fi
+  echo "$3" > "$reg/subnet"
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/bridge-ctrsh0 ssh ctrsh0 10.88.0.1/16 10.88.0.0/16
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    if ip link show dev "$1" >/dev/null 2>&1; then ip link delete "$1"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/bridge-ctrsh0 ssh ctrsh0 10.88.0.1/16 10.88.0.0/16'
+# A veth pair: a virtual cable, whatever goes in one end comes out of the other.
+ip link add veth183b411adb type veth peer name ceth183b411adb
+undo 'sh -euc '"'"'if ip link show dev "$1" >/dev/null 2>&1; then ip link delete "$1"; fi
+'"'"' ctrsh-undo veth183b411adb'
+# Plug the host end into the bridge ctrsh0.
+ip link set veth183b411adb master ctrsh0
+# Bring the host end up.
+ip link set veth183b411adb up
+# Move the other end into the container's namespace.
+ip link set ceth183b411adb netns ctrsh-ssh
+# Bring up loopback: a new network namespace starts with lo down.
+ip -n ctrsh-ssh link set lo up
+# Rename it eth0, as a container expects.
+ip -n ctrsh-ssh link set ceth183b411adb name eth0
+# Bring eth0 up.
+ip -n ctrsh-ssh link set eth0 up
+# The container's address: on eth0, not on the bridged host end (that end is a switch port).
+ip -n ctrsh-ssh addr add 10.88.0.2/16 dev eth0
+# Everything off the subnet goes to the gateway: the host, through the bridge.
+ip -n ctrsh-ssh route add default via 10.88.0.1
+# Let the host route packets between interfaces (bridge <-> the outside). Shared by all containers; the last one out restores the old value, if ctrsh changed it.
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  old=$(sysctl -n "$1")
+  if [ "$old" != "$2" ]; then
+    echo "$old" > "$reg/made"
+    sysctl -q -w "$1=$2"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/ip_forward ssh net.ipv4.ip_forward 1
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    if sysctl -n "$1" >/dev/null 2>&1; then sysctl -q -w "$1=$(cat "$reg/made")"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/ip_forward ssh net.ipv4.ip_forward 1'
+# Outbound NAT: packets from the subnet leaving by any other interface get the host's address as source, so replies find their way back. Shared by the bridge's containers.
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  t=$1 op=$2 ch=$3
+  shift 3
+  if ! iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then
+    iptables -t "$t" "$op" "$ch" "$@"
+    : > "$reg/made"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/masquerade-ctrsh0 ssh nat -A POSTROUTING -s 10.88.0.0/16 '!' -o ctrsh0 -j MASQUERADE -m comment --comment ctrsh:bridge/ctrsh0
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    t=$1 ch=$3
+    shift 3
+    if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/masquerade-ctrsh0 ssh nat -A POSTROUTING -s 10.88.0.0/16 '"'"'!'"'"' -o ctrsh0 -j MASQUERADE -m comment --comment ctrsh:bridge/ctrsh0'
+# Forward what the containers send (needed where the FORWARD policy is DROP).
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  t=$1 op=$2 ch=$3
+  shift 3
+  if ! iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then
+    iptables -t "$t" "$op" "$ch" "$@"
+    : > "$reg/made"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/forward-out-ctrsh0 ssh filter -I FORWARD -i ctrsh0 -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    t=$1 ch=$3
+    shift 3
+    if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/forward-out-ctrsh0 ssh filter -I FORWARD -i ctrsh0 -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0'
+# Forward the replies to them (under a DROP policy, new connections in only reach published ports).
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  t=$1 op=$2 ch=$3
+  shift 3
+  if ! iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then
+    iptables -t "$t" "$op" "$ch" "$@"
+    : > "$reg/made"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/forward-back-ctrsh0 ssh filter -I FORWARD -o ctrsh0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    t=$1 ch=$3
+    shift 3
+    if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/forward-back-ctrsh0 ssh filter -I FORWARD -o ctrsh0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0'
+# Names: rewrite the /etc/hosts of every container on ctrsh0 (this one included) in place, from the leases, under the same lock: each lists the others by name. The undo rewrites them without this one.
+flock /run/ctrsh sh -euc 'state=$1 leases=$2 gone=$3 mark=$4
+nl='"'"'
+'"'"'
+list=
+for f in "$leases"/*; do
+  [ -f "$f" ] || continue
+  a=${f##*/}
+  case $a in *[!0-9.]*) continue ;; esac
+  m=
+  read -r m <"$f" || true
+  case $m in '"'"''"'"' | *[!a-z0-9-]*) continue ;; esac
+  [ "$m" != "$gone" ] && [ -d "$state/$m" ] || continue  # a lease of a container that is gone is free
+  list="$list$a $m$nl"
+done
+IFS=$nl
+set -f
+for entry in $list; do
+  d="$state/${entry#* }/etc"
+  [ -f "$d/hosts.base" ] && [ -f "$d/hosts" ] || continue
+  {
+    while IFS= read -r line; do printf '"'"'%s\n'"'"' "$line"; done <"$d/hosts.base"
+    printf '"'"'%s\n'"'"' "$mark"
+    for other in $list; do
+      [ "$other" = "$entry" ] || printf '"'"'%s\t%s\n'"'"' "${other% *}" "${other#* }"
+    done
+  } >"$d/hosts"
+done
+' ctrsh-hosts /run/ctrsh /run/ctrsh/network/leases-ctrsh0 '' '# ctrsh: the other containers on this bridge (kept current by ctrsh)'
+undo 'flock /run/ctrsh sh -euc '"'"'state=$1 leases=$2 gone=$3 mark=$4
+nl='"'"'"'"'"'"'"'"'
+'"'"'"'"'"'"'"'"'
+list=
+for f in "$leases"/*; do
+  [ -f "$f" ] || continue
+  a=${f##*/}
+  case $a in *[!0-9.]*) continue ;; esac
+  m=
+  read -r m <"$f" || true
+  case $m in '"'"'"'"'"'"'"'"''"'"'"'"'"'"'"'"' | *[!a-z0-9-]*) continue ;; esac
+  [ "$m" != "$gone" ] && [ -d "$state/$m" ] || continue  # a lease of a container that is gone is free
+  list="$list$a $m$nl"
+done
+IFS=$nl
+set -f
+for entry in $list; do
+  d="$state/${entry#* }/etc"
+  [ -f "$d/hosts.base" ] && [ -f "$d/hosts" ] || continue
+  {
+    while IFS= read -r line; do printf '"'"'"'"'"'"'"'"'%s\n'"'"'"'"'"'"'"'"' "$line"; done <"$d/hosts.base"
+    printf '"'"'"'"'"'"'"'"'%s\n'"'"'"'"'"'"'"'"' "$mark"
+    for other in $list; do
+      [ "$other" = "$entry" ] || printf '"'"'"'"'"'"'"'"'%s\t%s\n'"'"'"'"'"'"'"'"' "${other% *}" "${other#* }"
+    done
+  } >"$d/hosts"
+done
+'"'"' ctrsh-hosts /run/ctrsh /run/ctrsh/network/leases-ctrsh0 ssh '"'"'# ctrsh: the other containers on this bridge (kept current by ctrsh)'"'"''
+# Publish host port 23322/tcp: packets from other hosts to any of this host's addresses go to 10.88.0.2:22. Only to local addresses: traffic passing through keeps its destination.
+iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -p tcp --dport 23322 -j DNAT --to-destination 10.88.0.2:22 -m comment --comment ctrsh:ssh
+undo 'sh -euc '"'"'t=$1 ch=$2
+shift 2
+if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+'"'"' ctrsh-undo nat PREROUTING -m addrtype --dst-type LOCAL -p tcp --dport 23322 -j DNAT --to-destination 10.88.0.2:22 -m comment --comment ctrsh:ssh'
+# The same for the host's own connections (127.0.0.1, its own addresses): locally made packets skip PREROUTING.
+iptables -t nat -A OUTPUT -m addrtype --dst-type LOCAL -p tcp --dport 23322 -j DNAT --to-destination 10.88.0.2:22 -m comment --comment ctrsh:ssh
+undo 'sh -euc '"'"'t=$1 ch=$2
+shift 2
+if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+'"'"' ctrsh-undo nat OUTPUT -m addrtype --dst-type LOCAL -p tcp --dport 23322 -j DNAT --to-destination 10.88.0.2:22 -m comment --comment ctrsh:ssh'
+# Let new connections to the published port through where the FORWARD policy is DROP.
+iptables -t filter -I FORWARD -d 10.88.0.2 -o ctrsh0 -p tcp --dport 22 -j ACCEPT -m comment --comment ctrsh:ssh
+undo 'sh -euc '"'"'t=$1 ch=$2
+shift 2
+if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+'"'"' ctrsh-undo filter FORWARD -d 10.88.0.2 -o ctrsh0 -p tcp --dport 22 -j ACCEPT -m comment --comment ctrsh:ssh'
+# route_localnet (next) would also let packets from ctrsh0 to 127.0.0.0/8 in: drop them first, or a container could reach the host's loopback-only services.
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  t=$1 op=$2 ch=$3
+  shift 3
+  if ! iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then
+    iptables -t "$t" "$op" "$ch" "$@"
+    : > "$reg/made"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/no-loopback-in-ctrsh0 ssh raw -I PREROUTING -i ctrsh0 -d 127.0.0.0/8 -j DROP -m comment --comment ctrsh:bridge/ctrsh0
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    t=$1 ch=$3
+    shift 3
+    if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/no-loopback-in-ctrsh0 ssh raw -I PREROUTING -i ctrsh0 -d 127.0.0.0/8 -j DROP -m comment --comment ctrsh:bridge/ctrsh0'
+# 127.0.0.1:PORT: a packet from 127.0.0.1 may leave by ctrsh0 only with route_localnet (else the kernel drops it as martian). The last user restores the old value.
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  old=$(sysctl -n "$1")
+  if [ "$old" != "$2" ]; then
+    echo "$old" > "$reg/made"
+    sysctl -q -w "$1=$2"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/route_localnet-ctrsh0 ssh net.ipv4.conf.ctrsh0.route_localnet 1
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    if sysctl -n "$1" >/dev/null 2>&1; then sysctl -q -w "$1=$(cat "$reg/made")"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/route_localnet-ctrsh0 ssh net.ipv4.conf.ctrsh0.route_localnet 1'
+# ...and the container could not answer 127.0.0.1 (its own lo): give such packets the gateway's address, 10.88.0.1, as source.
+iptables -t nat -A POSTROUTING -s 127.0.0.0/8 -d 10.88.0.2 -p tcp --dport 22 -j MASQUERADE -m comment --comment ctrsh:ssh
+undo 'sh -euc '"'"'t=$1 ch=$2
+shift 2
+if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+'"'"' ctrsh-undo nat POSTROUTING -s 127.0.0.0/8 -d 10.88.0.2 -p tcp --dport 22 -j MASQUERADE -m comment --comment ctrsh:ssh'
+
+# == cgroups: limit resources ==
+# The parent of this ctrsh instance's cgroups (named for its state dir); removed once no container uses it.
+mkdir -p /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh
+undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d" 2>/dev/null || :; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh'
+# The container's cgroup (a cgroup in each hierarchy): all its processes, also ones that leave its namespaces. Teardown kills every process in it first, then removes it.
+mkdir /sys/fs/cgroup/cpu/ctrsh/ssh /sys/fs/cgroup/cpuacct/ctrsh/ssh /sys/fs/cgroup/memory/ctrsh/ssh /sys/fs/cgroup/pids/ctrsh/ssh /sys/fs/cgroup/devices/ctrsh/ssh /sys/fs/cgroup/freezer/ctrsh/ssh
+undo 'sh -c '"'"'f=$1; shift
+listed() { for d; do if [ -d "$d" ]; then find "$d" -name cgroup.procs -exec cat {} +; fi; done; }
+n=0
+while [ -n "$(listed "$@")" ]; do
+  if [ "$n" -ge 100 ]; then echo "ctrsh: still running after 10 s:" $(listed "$@") >&2; exit 1; fi
+  for d; do if [ -e "$d/cgroup.kill" ]; then echo 1 > "$d/cgroup.kill"; fi; done
+  if [ -d "$f" ]; then
+    echo FROZEN > "$f/freezer.state"
+    i=0; while [ "$(cat "$f/freezer.state")" = FREEZING ] && [ $((i += 1)) -lt 100 ]; do sleep 0.01; done
+  fi
+  kill -9 $(listed "$@") 2>/dev/null || true
+  if [ -d "$f" ]; then echo THAWED > "$f/freezer.state"; fi
+  n=$((n + 1)); sleep 0.1
+done
+for d; do if [ -d "$d" ]; then find "$d" -depth -type d -exec rmdir {} +; fi; done'"'"' ctrsh-kill /sys/fs/cgroup/freezer/ctrsh/ssh /sys/fs/cgroup/cpu/ctrsh/ssh /sys/fs/cgroup/cpuacct/ctrsh/ssh /sys/fs/cgroup/memory/ctrsh/ssh /sys/fs/cgroup/pids/ctrsh/ssh /sys/fs/cgroup/devices/ctrsh/ssh /sys/fs/cgroup/freezer/ctrsh/ssh'
+# Devices: deny every node first, as Docker does; CAP_MKNOD alone then makes nodes it cannot open.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write a /sys/fs/cgroup/devices/ctrsh/ssh/devices.deny
+# Devices: then allow, one rule a write: 'c *:* m' and 'b *:* m' (any node may be made, not opened), and 'rwm' for the standard nodes only: null, zero, full, random, urandom, tty, console, ptmx, ptys.
+sh -c 'f=$1; shift; for rule; do printf "%s\n" "$rule" > "$f"; done' ctrsh-allow /sys/fs/cgroup/devices/ctrsh/ssh/devices.allow 'c *:* m' 'b *:* m' 'c 1:3 rwm' 'c 1:5 rwm' 'c 1:7 rwm' 'c 1:8 rwm' 'c 1:9 rwm' 'c 5:0 rwm' 'c 5:1 rwm' 'c 5:2 rwm' 'c 136:* rwm'
+
+# == security: drop privileges ==
+# A private tmpfs for trusted copies of host tools: after pivot_root the image's own binaries are all there is, and none may run before privileges are dropped.
+nsenter --mount=/run/ctrsh/ssh/ns/mnt -- mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev ctrsh-tools /run/ctrsh/ssh/rootfs/.ctrsh
+# Copy in the host's static busybox (umount, rmdir, env for PID 1) and setpriv with its libraries and loader (setpriv drops capabilities; busybox's own setpriv cannot drop the bounding set).
+nsenter --mount=/run/ctrsh/ssh/ns/mnt -- cp /bin/busybox /usr/bin/setpriv /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libcap-ng.so.0 /lib/x86_64-linux-gnu/libc.so.6 /run/ctrsh/ssh/rootfs/.ctrsh/
+
+# == process: start the container's PID 1 ==
+if ((stop)); then exit "$stop"; fi
+# Enter the namespaces and fork PID 1 of a new PID namespace in a session of its own. As the host's sh it mounts /proc, masks kernel paths, pivot_roots, detaches the old root with trusted tools, then setpriv drops capabilities and busybox closes leaked fds before the command runs.
+run_container sh -c 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"' ctrsh-join /sys/fs/cgroup/cpu/ctrsh/ssh/cgroup.procs /sys/fs/cgroup/cpuacct/ctrsh/ssh/cgroup.procs /sys/fs/cgroup/memory/ctrsh/ssh/cgroup.procs /sys/fs/cgroup/pids/ctrsh/ssh/cgroup.procs /sys/fs/cgroup/devices/ctrsh/ssh/cgroup.procs /sys/fs/cgroup/freezer/ctrsh/ssh/cgroup.procs -- nsenter --mount=/run/ctrsh/ssh/ns/mnt --uts=/run/ctrsh/ssh/ns/uts --ipc=/run/ctrsh/ssh/ns/ipc --net=/run/netns/ctrsh-ssh -- unshare --pid --cgroup --fork --kill-child -- env -i --default-signal PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin setsid sh -euc 'set -f  # paths and PATH are split, never glob-expanded
+root=$1 cwd=$2 search=$3 nvars=$4
+shift 4
+# A closed stdin, stdout or stderr becomes /dev/null, as in Docker.
+for fd in 0 1 2; do if [ ! -e /proc/self/fd/$fd ]; then eval "exec $fd<>\"\$root/dev/null\""; fi; done
+# No terminal: stdin is /dev/null unless it was a pipe or a file.
+if [ -t 0 ]; then exec <"$root/dev/null"; fi
+# Mounted from inside the new PID namespace, so it shows the container'"'"'s processes only.
+mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
+# Kernel interfaces: masked ones show nothing (an empty read-only tmpfs, or /dev/null over a file); read-only ones cannot be written.
+for p in /proc/acpi /proc/asound /proc/interrupts /proc/kcore /proc/keys /proc/latency_stats /proc/sched_debug /proc/scsi /proc/timer_list /proc/timer_stats /sys/devices/virtual/powercap /sys/firmware; do
+  if [ -d "$root$p" ]; then mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k ctrsh-masked "$root$p"
+  elif [ -e "$root$p" ]; then mount --bind "$root/dev/null" "$root$p"; fi
+done
+for p in /proc/bus /proc/fs /proc/irq /proc/sys /proc/sysrq-trigger; do
+  if [ -e "$root$p" ]; then
+    mount --bind "$root$p" "$root$p" && mount -o remount,bind,ro,nosuid,nodev,noexec "$root$p"
+  fi
+done
+# Resource limits, inherited by everything the container starts.
+ulimit -n 1024
+# Swap roots; the old one is detached with the trusted umount, not the image'"'"'s.
+cd "$root"
+pivot_root . .oldroot
+/.ctrsh/busybox umount -l /.oldroot
+/.ctrsh/busybox rmdir /.oldroot 2>/dev/null || :
+# The working directory, made if the image lacks it (as Docker does).
+if ! cd "$cwd" 2>/dev/null; then /.ctrsh/busybox mkdir -p "$cwd"; cd "$cwd"; fi
+eval "prog=\${$((nvars + 1))}"
+case $prog in
+*/*) ;;
+*)
+  found=
+  IFS=:
+  for dir in $search; do
+    if [ -f "${dir:-.}/$prog" ] && [ -x "${dir:-.}/$prog" ]; then found=${dir:-.}/$prog; break; fi
+  done
+  unset IFS
+  if [ -z "$found" ]; then echo "ctrsh: $prog: not found in the container'"'"'s PATH ($search)" >&2; exit 127; fi
+  i=0
+  for arg; do
+    shift
+    if [ "$i" -eq "$nvars" ]; then set -- "$@" "$found"; else set -- "$@" "$arg"; fi
+    i=$((i + 1))
+  done
+  ;;
+esac
+# Keep the tools open as fd 3, unmount them, then drop privileges with setpriv run from that fd.
+exec 3</.ctrsh
+/proc/self/fd/3/busybox umount -l /.ctrsh
+/proc/self/fd/3/busybox rmdir /.ctrsh 2>/dev/null || :
+exec /proc/self/fd/3/ld-linux-x86-64.so.2 --inhibit-cache --library-path /proc/self/fd/3 /proc/self/fd/3/setpriv --bounding-set=-all,+chown,+dac_override,+fsetid,+fowner,+mknod,+net_raw,+setgid,+setuid,+setfcap,+setpcap,+net_bind_service,+sys_chroot,+kill,+audit_write --inh-caps=-all --ambient-caps=-all --no-new-privs -- /proc/self/fd/3/busybox sh -c '"'"'for fd in /proc/self/fd/*; do
+  fd=${fd##*/}
+  if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+done
+exec -a env /proc/self/exe -i "$@"
+'"'"' ctrsh-exec "$@"
+' ctrsh-start /run/ctrsh/ssh/rootfs / /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin 3 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root HOSTNAME=ssh /bin/sh -c 'set -e
+mkdir -p -m 0755 /run/sshd
+if [ ! -e /etc/ssh/.own-host-keys ]; then
+  rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+  : > /etc/ssh/.own-host-keys
+fi
+ssh-keygen -A
+/usr/sbin/sshd -D -e -o UsePAM=no &
+sshd=$! stop=
+trap '"'"'stop=1; kill -TERM "$sshd"'"'"' TERM INT
+echo "sshd listening on port 22 (pid $sshd)"
+code=0
+wait "$sshd" || code=$?
+if [ -n "$stop" ]; then  # asked to stop: wait for sshd to finish, then end cleanly
+  wait "$sshd" || true
+  echo "stopped"
+  exit 0
+fi
+exit "$code"
+'
+if ((stop)); then exit "$stop"; fi
+
+# The EXIT trap now tears everything down: the undos above, newest first.
