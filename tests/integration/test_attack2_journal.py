@@ -24,6 +24,10 @@ CRAFTED = {
 }  # fmt: skip
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (needs a root-written journal): shared-piece undos are checked by shape, not parameters",
+)
 @pytest.mark.parametrize("case", list(CRAFTED))
 def test_shared_teardowns_are_known_only_with_their_own_parameters(case: str) -> None:
     """LOW (needs a root-written journal: defence in depth). owner._network_undo accepts any

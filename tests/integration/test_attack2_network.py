@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import Ctrsh
 from .test_network import bridge_recipe, host_server, sh, start  # noqa: F401  (fixture)
 
@@ -65,6 +67,9 @@ def neigh(ip: str) -> str:
     return out[out.index("lladdr") + 1] if "lladdr" in out else ""
 
 
+@pytest.mark.xfail(
+    strict=True, reason="known gap, as in Docker: NET_RAW is kept and the bridge has no ARP/IP anti-spoofing filter"
+)
 def test_a_container_cannot_take_over_anothers_address(ctrsh: Ctrsh, tmp_path: Path) -> None:
     """MEDIUM. Containers keep CAP_NET_RAW (Docker's default too) and the bridge has no anti-spoofing
     (no ebtables/nft bridge rule tying a veth to its MAC and leased address): container B sends
@@ -157,6 +162,7 @@ def test_a_container_cannot_reach_the_hosts_loopback_services(ctrsh: Ctrsh, tmp_
 LAN_NS = "ctrsh-a2-lanhost"
 
 
+@pytest.mark.xfail(strict=True, reason="known gap: a bridge ctrsh did not make is used as it is")
 def test_a_bridge_ctrsh_did_not_make_is_not_joined(ctrsh: Ctrsh) -> None:
     """MEDIUM. `network.bridge` may name a bridge ctrsh did not make (the host's LAN bridge): the
     BRIDGE script skips creating it, and `ipam.host_routes(bridge)` drops that bridge's own routes
