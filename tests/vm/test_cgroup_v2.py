@@ -75,9 +75,11 @@ def image_dir() -> Path:
     return out
 
 
-def _die_with_parent() -> None:
-    """qemu gets SIGKILL if pytest dies: no guest outlives the test run."""
+def _qemu_preexec() -> None:
+    """qemu gets SIGKILL if pytest dies: no guest outlives the test run. And it may use every CPU:
+    scripts/sandbox pins the tests to CPU 0 (for `unshare --mount=FILE`), which qemu does not need."""
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
 
 
 def boot(image: Path, job: Path, accel: str) -> tuple[int, str]:
@@ -99,7 +101,7 @@ def boot(image: Path, job: Path, accel: str) -> tuple[int, str]:
         "-virtfs", f"local,path={ROOT},mount_tag=src,security_model=none,readonly=on,id=src",
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=_die_with_parent)  # fmt: skip
+                            preexec_fn=_qemu_preexec)  # fmt: skip
     try:
         out, _ = proc.communicate(timeout=BOOT_TIMEOUT)
     finally:
