@@ -268,16 +268,15 @@ def _destroy_one(facts: Facts, name: str, force: bool, grace: float, quiet_missi
                 return
             raise UsageError(f"no container {name!r} here: nothing of it in {paths.state}, {paths.layer} or netns")
         failed = []
-        # Processes are found through the namespace file in the state dir, and the journal kept
-        # there: only in a marked one ("" = none: nothing is looked up or written).
+        # The journal is kept in the state dir only if it is a marked one ("" = none: nothing is
+        # written). The container's processes go with its cgroup, the first of the undos.
         ours = not owner.not_ours(paths.state, paths)
-        mnt = paths.nsfile("mnt") if ours else ""
         if undos:
             journal = Journal(paths.journal if ours else "", [(u, None) for u in undos], owner.unsure(paths))
-            failed = engine.undo_all(journal, trace, mnt)
+            failed = engine.undo_all(journal, trace)
         rest = leftover_network(paths.facts, name)  # a step ran but its undo never reached the journal
         if rest:  # the veth of this container's name and rules tagged ctrsh:NAME, found on the host
-            failed += engine.undo_all(Journal("", [(undo, None) for undo in rest]), trace, mnt)
+            failed += engine.undo_all(Journal("", [(undo, None) for undo in rest]), trace)
         if failed or refused:
             raise CtrshError("teardown incomplete:\n" + "\n".join(refused + failed))
     finally:

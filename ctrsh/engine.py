@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from . import oom, procs, safepath
+from . import oom, safepath
 from .errors import StepFailed
 from .facts import Paths
 from .journal import Journal
@@ -147,14 +147,15 @@ def say(text: str) -> bool:
         return False
 
 
-def undo_all(journal: Journal, trace: Trace, mnt_nsfile: str) -> list[str]:
+def undo_all(journal: Journal, trace: Trace) -> list[str]:
     """Run the journal's undos newest first, carrying on past failures; return what failed.
 
     An unsure undo (its step may never have taken effect: the one in flight when ctrsh was stopped
     or killed, or a shared step) that fails had nothing to undo: noted, not a failure."""
     failed = []
     with shielded(trace):
-        procs.kill_all(mnt_nsfile, trace)
+        # No kill here beyond the plan's own: the first undo is the cgroup kill (phases/cgroups.py),
+        # which plan shows and export does too; every process of the container is in its cgroup.
         if journal.undos:
             trace.note("teardown: undo what ran, newest first")
         for undo in reversed(journal.undos):
@@ -303,14 +304,14 @@ def apply(
             if isinstance(e, StepFailed):  # say what failed before the rollback output, not after it
                 e.reported = say(f"ctrsh: {e}")
             done = len(journal.undos)
-            failed = undo_all(journal, trace, mnt_nsfile)
+            failed = undo_all(journal, trace)
             why = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "failed"
             tail = f", {len(failed)} undo(s) failed" if failed else ""
             trace.note(f"{why}: rolled back {done} steps{tail}")
             for f in failed:
                 say(f"ctrsh: undo failed: {f}")
             raise
-        failed = undo_all(journal, trace, mnt_nsfile)
+        failed = undo_all(journal, trace)
     if failed:
         raise StepFailed("teardown incomplete:\n" + "\n".join(failed))
     return code
