@@ -183,8 +183,12 @@ def setpriv_deps(setpriv: str) -> tuple[str, tuple[str, ...]] | None:
     """The loader and libraries of the host's setpriv, as `ldd` lists them; None if it cannot tell."""
     import subprocess
 
+    # `ldd` is a bash script that runs the program's loader twice: asking the loader itself
+    # (`ld.so --list`, the same listing) takes 1 ms instead of 20 for each of the two programs.
+    interp = elf_interpreter(setpriv)
+    argv = [interp, "--list", setpriv] if interp else ["ldd", setpriv]
     try:
-        out = subprocess.run(["ldd", setpriv], capture_output=True, text=True, timeout=10, env={"PATH": SAFE_PATH})
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, env={"PATH": SAFE_PATH})
     except (OSError, subprocess.SubprocessError):
         return None
     loader, libs = "", []
@@ -195,6 +199,29 @@ def setpriv_deps(setpriv: str) -> tuple[str, tuple[str, ...]] | None:
         elif parts and parts[0].startswith("/"):
             loader = parts[0]
     return (loader, tuple(libs)) if loader and out.returncode == 0 else None
+
+
+def elf_interpreter(path: str) -> str | None:
+    """The program loader a 64-bit little-endian ELF executable names (PT_INTERP), if it is a file."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 64 or head[:6] != b"\x7fELF\x02\x01":
+                return None
+            phoff, phentsize, phnum = struct.unpack_from("<Q", head, 32)[0], *struct.unpack_from("<HH", head, 54)
+            for i in range(min(phnum, 64)):
+                f.seek(phoff + i * phentsize)
+                ph = f.read(56)
+                if len(ph) == 56 and struct.unpack_from("<I", ph)[0] == 3:  # PT_INTERP
+                    offset, size = struct.unpack_from("<Q", ph, 8)[0], struct.unpack_from("<Q", ph, 32)[0]
+                    f.seek(offset)
+                    interp = f.read(min(size, 4096)).rstrip(b"\0").decode()
+                    return interp if interp.startswith("/") and os.path.isfile(interp) else None
+    except (OSError, UnicodeDecodeError, struct.error):
+        return None
+    return None
 
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
