@@ -36,12 +36,17 @@ class Journal:
 
     def done(self, step: Step) -> None:
         """The step ran: its undo is needed for sure."""
+        changed = False
         if step.undo and step.undo in self.unsure:
             self.unsure.remove(step.undo)
+            changed = True
         if step.keep and step.creates and os.path.lexists(step.creates):
             # A kept result is complete: the undos that cleaned up a half-made one are moot.
-            self.entries = [e for e in self.entries if not (e[1] and e[1].creates == step.creates)]
-        self.save()
+            kept = [e for e in self.entries if not (e[1] and e[1].creates == step.creates)]
+            changed = changed or kept != self.entries
+            self.entries = kept
+        if changed:  # a step without an undo changes nothing here: no write (half of them, for hello)
+            self.save()
 
     def failed(self, step: Step) -> None:
         """The step failed and reported it: it did not take effect, and its undo could hit what is
