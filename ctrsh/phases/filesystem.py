@@ -18,6 +18,19 @@ FIXED_DIRS = ("/proc", "/dev", "/sys", TOOLS, "/.oldroot", "/etc")
 FIXED_FILES = ("/etc/ld.so.preload",)
 
 
+INSTALL_EACH = 'for f; do install -m 0644 /dev/null "$f" || exit; done'
+
+
+def _files_why(files: list[str]) -> str:
+    over = [f for f in files if f not in FIXED_FILES]
+    return (
+        "Likewise, as empty files (mode 0644): "
+        + (f"{', '.join(over)}, mounted over; and " if over else "")
+        + "an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library "
+        "the image names there."
+    )
+
+
 def mountpoints(c: Context) -> tuple[list[str], list[str]]:
     """(directories, files) inside the rootfs that ctrsh mounts onto, each directory's parents
     listed before it, so that `mkdir` without -p makes them all with the mode it is given."""
@@ -66,25 +79,16 @@ def steps(c: Context) -> list[Step]:
         owner.mark_step("filesystem", p.layer, p),
         Step(
             "filesystem",
-            ("mkdir", "-m", "0755", p.upper),
-            "Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.",
+            ("mkdir", "-m", "0755", p.upper, *(f"{p.upper}{d}" for d in dirs)),
+            "Its writable layer (upper), 0755 whatever the umask as it becomes the mode of the container's /; "
+            "in it, every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) "
+            "upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.",
         ),
         Step(
             "filesystem",
-            ("mkdir", "-m", "0755", *(f"{p.upper}{d}" for d in dirs)),
-            "Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper "
-            "layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.",
-        ),
-        *(
-            Step(
-                "filesystem",
-                ("install", "-m", "0644", "/dev/null", f"{p.upper}{f}"),  # one each: with more, the last is a dir
-                "Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, "
-                "and its loader must not load a library the image names there."
-                if f == "/etc/ld.so.preload"
-                else f"Likewise for {f}, mounted over.",
-            )
-            for f in files
+            # One step, one `install` a file (with more files it takes the last for a dir).
+            ("sh", "-c", INSTALL_EACH, "ctrsh-files", *(f"{p.upper}{f}" for f in files)),
+            _files_why(files),
         ),
         *volumes.parent_modes(c, rootfs.lower_dir(c)),
         inside(

@@ -250,18 +250,10 @@ mkdir -m 0700 /var/lib/ctrsh/containers/sleeper /var/lib/ctrsh/containers/sleepe
 undo 'rm -rf --one-file-system /var/lib/ctrsh/containers/sleeper'
 # Mark the dir as this ctrsh's (.ctrsh-owner): `ctrsh destroy` removes only marked dirs, never a look-alike.
 sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /var/lib/ctrsh/containers/sleeper/.ctrsh-owner 'ctrsh container sleeper state-dir /run/ctrsh data-dir /var/lib/ctrsh'
-# Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.
-mkdir -m 0755 /var/lib/ctrsh/containers/sleeper/upper
-# Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
-mkdir -m 0755 /var/lib/ctrsh/containers/sleeper/upper/proc /var/lib/ctrsh/containers/sleeper/upper/dev /var/lib/ctrsh/containers/sleeper/upper/sys /var/lib/ctrsh/containers/sleeper/upper/.ctrsh /var/lib/ctrsh/containers/sleeper/upper/.oldroot /var/lib/ctrsh/containers/sleeper/upper/etc
-# Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/sleeper/upper/etc/ld.so.preload
-# Likewise for /etc/hostname, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/sleeper/upper/etc/hostname
-# Likewise for /etc/hosts, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/sleeper/upper/etc/hosts
-# Likewise for /etc/resolv.conf, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/sleeper/upper/etc/resolv.conf
+# Its writable layer (upper), 0755 whatever the umask as it becomes the mode of the container's /; in it, every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
+mkdir -m 0755 /var/lib/ctrsh/containers/sleeper/upper /var/lib/ctrsh/containers/sleeper/upper/proc /var/lib/ctrsh/containers/sleeper/upper/dev /var/lib/ctrsh/containers/sleeper/upper/sys /var/lib/ctrsh/containers/sleeper/upper/.ctrsh /var/lib/ctrsh/containers/sleeper/upper/.oldroot /var/lib/ctrsh/containers/sleeper/upper/etc
+# Likewise, as empty files (mode 0644): /etc/hostname, /etc/hosts, /etc/resolv.conf, mounted over; and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
+sh -c 'for f; do install -m 0644 /dev/null "$f" || exit; done' ctrsh-files /var/lib/ctrsh/containers/sleeper/upper/etc/ld.so.preload /var/lib/ctrsh/containers/sleeper/upper/etc/hostname /var/lib/ctrsh/containers/sleeper/upper/etc/hosts /var/lib/ctrsh/containers/sleeper/upper/etc/resolv.conf
 # Root filesystem: the shared image read-only below, this container's own writes above (upper).
 nsenter --mount=/run/ctrsh/sleeper/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/busybox,upperdir=/var/lib/ctrsh/containers/sleeper/upper,workdir=/var/lib/ctrsh/containers/sleeper/work /run/ctrsh/sleeper/rootfs
 # A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.

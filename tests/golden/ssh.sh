@@ -237,18 +237,10 @@ mkdir -m 0700 /var/lib/ctrsh/containers/ssh /var/lib/ctrsh/containers/ssh/work
 undo 'rm -rf --one-file-system /var/lib/ctrsh/containers/ssh'
 # Mark the dir as this ctrsh's (.ctrsh-owner): `ctrsh destroy` removes only marked dirs, never a look-alike.
 sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /var/lib/ctrsh/containers/ssh/.ctrsh-owner 'ctrsh container ssh state-dir /run/ctrsh data-dir /var/lib/ctrsh'
-# Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.
-mkdir -m 0755 /var/lib/ctrsh/containers/ssh/upper
-# Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
-mkdir -m 0755 /var/lib/ctrsh/containers/ssh/upper/proc /var/lib/ctrsh/containers/ssh/upper/dev /var/lib/ctrsh/containers/ssh/upper/sys /var/lib/ctrsh/containers/ssh/upper/.ctrsh /var/lib/ctrsh/containers/ssh/upper/.oldroot /var/lib/ctrsh/containers/ssh/upper/etc /var/lib/ctrsh/containers/ssh/upper/root /var/lib/ctrsh/containers/ssh/upper/root/.ssh /var/lib/ctrsh/containers/ssh/upper/root/.ssh/authorized_keys
-# Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/ssh/upper/etc/ld.so.preload
-# Likewise for /etc/hostname, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/ssh/upper/etc/hostname
-# Likewise for /etc/hosts, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/ssh/upper/etc/hosts
-# Likewise for /etc/resolv.conf, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/ssh/upper/etc/resolv.conf
+# Its writable layer (upper), 0755 whatever the umask as it becomes the mode of the container's /; in it, every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
+mkdir -m 0755 /var/lib/ctrsh/containers/ssh/upper /var/lib/ctrsh/containers/ssh/upper/proc /var/lib/ctrsh/containers/ssh/upper/dev /var/lib/ctrsh/containers/ssh/upper/sys /var/lib/ctrsh/containers/ssh/upper/.ctrsh /var/lib/ctrsh/containers/ssh/upper/.oldroot /var/lib/ctrsh/containers/ssh/upper/etc /var/lib/ctrsh/containers/ssh/upper/root /var/lib/ctrsh/containers/ssh/upper/root/.ssh /var/lib/ctrsh/containers/ssh/upper/root/.ssh/authorized_keys
+# Likewise, as empty files (mode 0644): /etc/hostname, /etc/hosts, /etc/resolv.conf, mounted over; and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
+sh -c 'for f; do install -m 0644 /dev/null "$f" || exit; done' ctrsh-files /var/lib/ctrsh/containers/ssh/upper/etc/ld.so.preload /var/lib/ctrsh/containers/ssh/upper/etc/hostname /var/lib/ctrsh/containers/ssh/upper/etc/hosts /var/lib/ctrsh/containers/ssh/upper/etc/resolv.conf
 # Parents of the volumes' mount points keep the image's own mode and owner (/tmp stays 1777).
 sh -c 'l=$(realpath -e -- "$1") u=$2; shift 2
 for d; do
