@@ -336,6 +336,32 @@ def limits_of(pid: int) -> tuple[list[str], int, int, bool]:
     return caps, uid, gid, st.get("NoNewPrivs", "0") == "1"
 
 
+# /proc/PID/limits' names -> prlimit's options (util-linux), which take the kernel's units as that file shows them.
+PROC_LIMITS = {
+    "Max cpu time": "cpu", "Max file size": "fsize", "Max data size": "data", "Max stack size": "stack",
+    "Max core file size": "core", "Max resident set": "rss", "Max processes": "nproc", "Max open files": "nofile",
+    "Max locked memory": "memlock", "Max address space": "as", "Max file locks": "locks",
+    "Max pending signals": "sigpending", "Max msgqueue size": "msgqueue", "Max nice priority": "nice",
+    "Max realtime priority": "rtprio", "Max realtime timeout": "rttime",
+}  # fmt: skip
+
+
+def rlimits_of(pid: int) -> list[str]:
+    """PID 1's resource limits as they are now (security.rlimits, nofile 1024:1024 by default), as
+    prlimit options: the exec'd command gets the container's limits, not those ctrsh runs with."""
+    import re
+
+    out = []
+    for line in (_read(f"/proc/{pid}/limits") or "").splitlines()[1:]:
+        name, soft, hard = ([*re.split(r"\s{2,}", line.strip()), "", ""])[:3]
+        option = PROC_LIMITS.get(name)
+        if option and all(re.fullmatch(r"unlimited|[0-9]+", v) for v in (soft, hard)):
+            out.append(f"--{option}={soft}:{hard}")
+    if not any(o.startswith("--nofile=") for o in out):
+        raise CtrshError(f"cannot read /proc/{pid}/limits: the container's PID 1 is gone")
+    return out
+
+
 def env_of(pid: int) -> list[str]:
     """PID 1's environment (as the recipe set it), VAR=VALUE entries only."""
     import re
@@ -350,8 +376,8 @@ def env_of(pid: int) -> list[str]:
 
 
 def exec_argv(facts: Facts, name: str, pid: int, command: list[str], tty: bool) -> Argv:
-    """Enter the container as its PID 1 is: its cgroups first (on the host), then every namespace,
-    its root and working directory; then drop to PID 1's privileges with the trusted tools (fresh
+    """Enter the container as its PID 1 is: its cgroups first (on the host), its resource limits,
+    then every namespace, its root and working directory; then drop to PID 1's privileges with the trusted tools (fresh
     copies, run from a descriptor: no image binary runs with privileges), close every descriptor
     above 2, and exec the command with PID 1's environment."""
     from .phases import cgroups
@@ -367,6 +393,8 @@ def exec_argv(facts: Facts, name: str, pid: int, command: list[str], tty: bool) 
         opts.append("--no-new-privs")
     switch = [*run, f"{FD3}/unshare", f"--setgid={gid}", f"--setuid={uid}", "--"] if user else []
     inner = (
+        # PID 1's rlimits, set once the tools are copied (a low fsize must not stop that), then inherited.
+        "prlimit", *rlimits_of(pid), "--",
         "nsenter", f"--target={pid}", "--all", "--root", "--wd", "--",
         *run, f"{FD3}/setpriv", *opts, "--", *switch,
         f"{FD3}/busybox", "sh", "-c", CLOSE_AND_EXEC, "ctrsh-exec", *env_of(pid), *command,

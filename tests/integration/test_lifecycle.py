@@ -344,3 +344,47 @@ def test_exec_with_a_terminal(ctrsh: Ctrsh) -> None:
         assert "no-tty" in r.stdout.replace("\r", ""), r.stdout
     finally:
         assert ctrsh.run("destroy", "--force", name).returncode == 0
+
+
+LIMITS_SHOWN = 'echo "nofile $(ulimit -Sn) $(ulimit -Hn) fsize $(ulimit -Sf) $(ulimit -Hf) nproc $(ulimit -Hu)"'
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("", "nofile 1024 1024 fsize unlimited unlimited nproc"),  # the default: nofile 1024:1024, as Docker
+        # security.rlimits (fsize in 512-byte blocks for the shell): soft below hard, both as PID 1 has them
+        ("security: {rlimits: {nofile: '512:2048', fsize: '1048576', nproc: '300'}}\n", "nofile 512 2048 fsize 2048 2048 nproc 300"),
+    ],
+)  # fmt: skip
+def test_exec_gets_the_containers_rlimits(ctrsh: Ctrsh, extra: str, expected: str) -> None:
+    """`ctrsh exec` runs its command with PID 1's resource limits, not with those of the ctrsh that
+    runs it: here ctrsh itself runs with nofile 4096:8192, no fsize limit and the host's nproc."""
+    name = "test-exec-limits"
+    r = ctrsh.run("apply", "-d", ctrsh.recipe(inside_recipe(name, f"{LIMITS_SHOWN}; exec sleep 600", extra)))
+    assert r.returncode == 0, r.stderr
+    try:
+        pid1 = ps(ctrsh)[name]["pid"]
+        own = wait_log(ctrsh, name, "nofile").strip()
+        assert own.startswith(expected), own
+        roomy = ["prlimit", "--nofile=4096:8192", "--fsize=unlimited", "--"]  # (raising nproc needs CAP_SYS_RESOURCE)
+        ex = subprocess.run(
+            [*roomy, *ctrsh.cmd("exec", name, "/bin/sh", "-c", LIMITS_SHOWN)],
+            env=ctrsh.env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert ex.returncode == 0, ex.stderr
+        assert ex.stdout.strip() == own  # exactly PID 1's limits
+        assert "prlimit --cpu=" in ex.stderr  # printed like the rest of the command
+        limits = Path(f"/proc/{pid1}/limits").read_text()
+        assert any(
+            line.startswith("Max open files") and line.split()[3:5] == expected.split()[1:3]
+            for line in limits.splitlines()
+        )
+        # the same with a terminal (exec -it runs the command under script(1))
+        cmd = " ".join([*roomy, *ctrsh.cmd("exec", "-it", name, "/bin/sh", "-c", f"'{LIMITS_SHOWN}'")])
+        tty = subprocess.run(["script", "-qec", cmd, "/dev/null"], env=ctrsh.env, cwd=ROOT, capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+        assert tty.returncode == 0, tty.stdout + tty.stderr
+        assert own in tty.stdout.replace("\r", ""), tty.stdout
+    finally:
+        assert ctrsh.run("destroy", "--force", name).returncode == 0
