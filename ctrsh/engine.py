@@ -7,6 +7,7 @@ run in reverse, so the host ends as it began.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from . import oom, safepath
+from . import DEFAULT_GC, oom, safepath
 from .errors import StepFailed
 from .facts import Paths
 from .journal import Journal
@@ -26,7 +27,15 @@ TAIL_LINES = 8  # how much of a failed command's output to show
 
 
 def _sh() -> Any:
-    import sh  # lazy: ~50 ms of import that plan and export never need
+    if "sh" not in sys.modules:
+        import sh  # lazy: ~50 ms of import that plan and export never need
+
+        # Loading is over (ctrsh/__init__.py collected rarely meanwhile): keep what is loaded out of
+        # every later collection, and collect the garbage each sh call leaves (~115 objects in cycles)
+        # at Python's usual pace again, so it does not pile up and make every later fork dearer.
+        gc.freeze()
+        gc.set_threshold(*DEFAULT_GC)
+    import sh
 
     return sh
 
