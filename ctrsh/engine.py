@@ -52,7 +52,7 @@ def run_step(argv: Argv) -> None:
     if program is None:
         raise StepFailed(_failure(argv, f"command not found in {safepath.SAFE_PATH}", b""))
     # stdin /dev/null, stdout and stderr files of our own (read only if it fails): sh then starts
-    # no stdin thread and polls no pipes, a quarter of the cost of each sh call (bench/compare.py).
+    # no stdin thread and polls no pipes (CPU per call 7.5 -> 6.5 ms, measured with ctrsh loaded).
     with _captured() as (stdin, out, err):
         try:
             sh.Command(program)(*argv[1:], _in=stdin, _out=out, _err=err, _new_session=True, _env=safepath.environ())
