@@ -80,6 +80,7 @@ class Group:
     file: str = "<recipe>"
     single: bool = False
     positions: dict[str, schema.Pos] = field(default_factory=dict, compare=False, repr=False)
+    names: tuple[str | None, ...] = field(default=(), compare=False, repr=False)  # as written, also of bad items
 
     def detached(self, all_: bool = False) -> tuple[bool, ...]:
         """How each container starts: all but the last detached unless an item says otherwise;
@@ -123,6 +124,10 @@ def parse(text: str, file: str) -> Group:
     return group
 
 
+def _valid(r: object) -> bool:
+    return r is not schema.INVALID
+
+
 def load(path: str) -> Group:
     shown = "".join(c if c.isprintable() else "?" for c in path)
     return parse(yamlload.read(path, shown), shown)
@@ -164,16 +169,20 @@ def _group(checker: schema.Checker, root: MappingNode) -> Group | None:
         r, d = _item(checker, item, i, defaults)
         members.append(r)
         detach.append(d)
-    positions = {k: v for k, v in checker.positions.items() if not k.startswith("containers[")}
-    positions.update({f"containers[{i}]": schema.pos(n) for i, n in enumerate(items.value)})
-    for key in ("name", *DEFAULTABLE):
-        for p, at in checker.positions.items():
-            if p.startswith("containers[") and p.split(".", 1)[-1] == key:
-                positions.setdefault(p, at)
-    if checker.problems or head is schema.INVALID or any(m is schema.INVALID for m in members):
-        return None
-    file = checker.file
-    return Group(head.name, tuple(members), tuple(detach), file, positions=positions)
+    positions = {**checker.positions, **{f"containers[{i}]": schema.pos(n) for i, n in enumerate(items.value)}}
+    name = head.name if head is not schema.INVALID else (_name_of(root) or schema.INVALID)
+    names = tuple(_name_of(n) for n in items.value)
+    # Items that failed stay in (as INVALID) so the checks across the list still see the others.
+    return Group(name, tuple(members), tuple(detach), checker.file, positions=positions, names=names)
+
+
+def _name_of(item: Node) -> str | None:
+    """An item's `name` as written, if it is a valid one (for the checks across the list)."""
+    if isinstance(item, MappingNode):
+        for k, v in item.value:
+            if _key(k) == "name" and isinstance(v, ScalarNode) and v.tag.endswith(":str"):
+                return None if recipes.check_name(v.value) else str(v.value)
+    return None
 
 
 def _item(
@@ -219,21 +228,23 @@ def _cross_checks(g: Group) -> list[Problem]:
     """What only the whole list can tell: names, the group's own name, who joins whom."""
     out: list[Problem] = []
     first: dict[str, int] = {}
-    for i, r in enumerate(g.containers):
-        if r.name in first:
+    for i, name in enumerate(g.names or tuple(r.name for r in g.containers)):
+        if name is None:
+            continue
+        if name in first:
             out.append(
-                g.problem(f"containers[{i}].name", f"containers[{i}].name: {r.name!r} is already the name of "
-                          f"containers[{first[r.name]}]; each container needs a name of its own")
+                g.problem(f"containers[{i}].name", f"containers[{i}].name: {name!r} is already the name of "
+                          f"containers[{first[name]}]; each container needs a name of its own")
             )  # fmt: skip
-        first.setdefault(r.name, i)
-    if g.name in first:
+        first.setdefault(name, i)
+    if _valid(g.name) and g.name in first:
         out.append(
             g.problem("name", f"name: the group is named {g.name!r}, as containers[{first[g.name]}] is; give the "
                       "group a name of its own (`ctrsh destroy NAME` takes either)")
         )  # fmt: skip
     detached = g.detached()
     for i, r in enumerate(g.containers):
-        if r.network is None or r.network.mode != "container" or r.network.container is None:
+        if not _valid(r) or r.network is None or r.network.mode != "container" or r.network.container is None:
             continue
         other, at = r.network.container, f"containers[{i}].network.container"
         j = first.get(other)
@@ -244,6 +255,8 @@ def _cross_checks(g: Group) -> list[Problem]:
                                  "list it before the containers that join its network"))  # fmt: skip
         elif j == i:
             continue  # the per-container check says "cannot join itself"
+        elif not _valid(g.containers[j]):
+            continue
         elif _net_of(g.containers[j]) not in ("none", "bridge"):
             out.append(g.problem(at, f"{at}: {other!r} has no network namespace of its own (its network mode is "
                                  f"{_net_of(g.containers[j])!r}); join the container that has one"))  # fmt: skip
