@@ -491,9 +491,9 @@ def schema() -> None:
     """Print the recipe format as JSON Schema (for editors and validators)."""
     import json
 
-    from .recipe import recipe_schema
+    from .group import json_schema
 
-    print(json.dumps(recipe_schema(), indent=2))
+    print(json.dumps(json_schema(), indent=2))
 
 
 def _version(value: bool) -> None:

@@ -506,3 +506,35 @@ def _q(text: str) -> str:
     import shlex
 
     return shlex.quote(text)
+
+
+# --- JSON Schema -------------------------------------------------------------------------------
+
+
+def json_schema() -> dict[str, Any]:
+    """`ctrsh schema`: one container (today's form) or a group. For a group it checks each item and the
+    top level; the checks across the list (unique names, who joins whom) are the loader's alone."""
+    one = recipes.recipe_schema()
+    one = {k: v for k, v in one.items() if k not in ("$schema", "title")}
+    item = dict(one)
+    item["properties"] = {
+        **one["properties"],
+        "detach": {"type": ["boolean", "null"], "description": "Start detached (default: all but the last)."},
+    }
+    item["required"] = [k for k in one["required"] if k != "rootfs"]  # rootfs may come from the top
+    head = schema.json_schema(GroupHead)
+    head["required"] = ["name", "containers"]
+    head["properties"]["containers"] = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_CONTAINERS,
+        "items": item,
+        "description": "The containers, started in this order; each with the keys of a one-container recipe.",
+    }
+    head["if"] = {"not": {"required": ["rootfs"]}}  # no default rootfs: every item needs its own
+    head["then"] = {"properties": {"containers": {"items": {"required": ["rootfs"]}}}}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "ctrsh recipe",
+        "anyOf": [one, head],
+    }

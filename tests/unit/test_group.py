@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import subprocess
 import sys
@@ -257,3 +258,37 @@ def test_facts_survive_compile_unchanged() -> None:
     mf = group.MemberFacts(tuple(facts for _ in g.containers))
     group.compile_group(g, mf)
     assert mf.facts == (facts, facts, facts) and dataclasses.replace(facts) == Facts()  # compile is pure
+
+
+def test_schema_takes_the_group_form() -> None:
+    import jsonschema
+    import yaml
+
+    validator = jsonschema.Draft202012Validator(group.json_schema())
+    jsonschema.Draft202012Validator.check_schema(group.json_schema())
+    pod = yaml.safe_load((ROOT / "recipes/pod.yaml").read_text())
+    hello = yaml.safe_load((ROOT / "recipes/hello.yaml").read_text())
+    assert validator.is_valid(pod) and validator.is_valid(hello)
+    no_rootfs = {k: v for k, v in pod.items() if k != "rootfs"}
+    assert not validator.is_valid(no_rootfs)  # no default rootfs, and the items have none: as the loader says
+    with pytest.raises(RecipeError):
+        group.parse(yaml.safe_dump(no_rootfs), "g.yaml")
+    assert not validator.is_valid({**pod, "containers": []})
+    assert not validator.is_valid({**pod, "containers": [{**pod["containers"][0], "detach": "yes"}]})
+    assert not validator.is_valid({**hello, "containers": pod["containers"]})  # process is not a default
+
+
+def test_ps_shows_a_group_column_only_when_there_are_groups() -> None:
+    from ctrsh import lifecycle
+
+    rows = [
+        lifecycle.Status("web", "running", 42, None, "httpd", True, "pod"),
+        lifecycle.Status("job", "exited 3", None, None, "true", True),
+    ]
+    assert lifecycle.render_ps(rows, False).splitlines() == [
+        "NAME  GROUP  STATE     PID  UPTIME  COMMAND",
+        "web   pod    running   42   -       httpd",
+        "job   -      exited 3  -    -       true",
+    ]
+    assert "GROUP" not in lifecycle.render_ps(rows[1:], False)
+    assert [r["group"] for r in json.loads(lifecycle.render_ps(rows, True))] == ["pod", None]
