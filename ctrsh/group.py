@@ -25,6 +25,7 @@ A recipe without `containers:` is one container, exactly as before (recipe.parse
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ GROUP_FILE = "group"  # STATE/NAME/group: "GROUP INDEX", for `ctrsh ps` and `ctr
 MAX_CONTAINERS = 64
 
 
+@functools.cache
 def _head_class() -> type:
     """The top level of a group recipe: its name, the containers (checked item by item, not here),
     and the defaults, each with the same type, checks and docs as the per-container key."""
@@ -64,9 +66,6 @@ def _head_class() -> type:
         meta = {**by_name[key].metadata, "doc": f"Default for every container: {by_name[key].metadata['doc']}"}
         fields.append((key, hints[key] | None, field(default=None, metadata=meta)))
     return dataclasses.make_dataclass("GroupHead", fields, frozen=True)
-
-
-GroupHead = _head_class()
 
 
 @dataclass(frozen=True)
@@ -151,7 +150,7 @@ def _group(checker: schema.Checker, root: MappingNode) -> Group | None:
     head_node = MappingNode(root.tag, rest, root.start_mark, root.end_mark)
     if id(root) in checker._merged:
         checker._merged.add(id(head_node))
-    head = checker.convert(head_node, GroupHead, "")
+    head = checker.convert(head_node, _head_class(), "")
     defaults = {key: (k, v) for key, k, v in pairs if key in DEFAULTABLE}
     items = next(v for key, _, v in pairs if key == "containers")
     if not isinstance(items, SequenceNode):
@@ -522,7 +521,7 @@ def json_schema() -> dict[str, Any]:
         "detach": {"type": ["boolean", "null"], "description": "Start detached (default: all but the last)."},
     }
     item["required"] = [k for k in one["required"] if k != "rootfs"]  # rootfs may come from the top
-    head = schema.json_schema(GroupHead)
+    head = schema.json_schema(_head_class())
     head["required"] = ["name", "containers"]
     head["properties"]["containers"] = {
         "type": "array",

@@ -292,3 +292,18 @@ def test_ps_shows_a_group_column_only_when_there_are_groups() -> None:
     ]
     assert "GROUP" not in lifecycle.render_ps(rows[1:], False)
     assert [r["group"] for r in json.loads(lifecycle.render_ps(rows, True))] == ["pod", None]
+
+
+def test_destroy_of_a_group_finds_its_containers_newest_first(tmp_path: Path) -> None:
+    from ctrsh import groupapply
+
+    facts = Facts(state_dir=str(tmp_path / "run"))
+    for name, tag in (("web", "pod 0"), ("client", "pod 2"), ("side", "pod 1"), ("other", "box 0"), ("plain", None)):
+        (tmp_path / "run" / name).mkdir(parents=True)
+        if tag:
+            (tmp_path / "run" / name / "group").write_text(tag + "\n")
+    assert groupapply.destroy_targets(facts, "pod") == ["client", "side", "web"]
+    assert groupapply.destroy_targets(facts, "box") == ["other"]
+    assert groupapply.destroy_targets(facts, "plain") is None  # a container's name: that container
+    assert groupapply.destroy_targets(facts, "nothing") is None
+    assert groupapply.member_of(facts, "side") == ("pod", 1)
