@@ -83,7 +83,8 @@ def apply(
                 code = _member(plan, facts, trace, _again(group, i, state_dir, data_dir), grace, det)
                 if det:
                     started.append(plan.name)
-                    _check_running(facts, plan.name, trace)
+                    for name in started:  # this one, and any earlier one that has ended meanwhile
+                        _check_running(facts, name, trace)
                 elif code != 0 and i < n - 1:
                     trace.note(f"group {gp.name}: {plan.name} exited {code}: the group stops here")
                     break
