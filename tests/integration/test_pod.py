@@ -107,6 +107,24 @@ def test_a_start_that_fails_at_a_step_tears_down_the_first(ctrsh: Ctrsh) -> None
         assert ctrsh.run("destroy", "test-pod-b").returncode == 0
 
 
+def test_a_detached_container_whose_start_fails_fails_the_group(ctrsh: Ctrsh) -> None:
+    """b's cwd cannot be made (read-only root): its PID 1 ends just after pivot_root. Once c has started
+    the group sees it ended, shows its log, tears down c, b and a, and d never starts."""
+    sleeper = "    process: {args: [sleep, '600'], init: true}\n"
+    bad = "    readonly: true\n    process: {args: [sleep, '600'], cwd: /nowhere}\n"
+    recipe = ctrsh.recipe(
+        group("test-pod", f"  - name: test-pod-a\n{sleeper}", f"  - name: test-pod-b\n{bad}",
+              f"  - name: test-pod-c\n{sleeper}", item("test-pod-d", "echo never"))
+    )  # fmt: skip
+    r = ctrsh.run("apply", recipe)
+    assert r.returncode == 125, r.stderr[-2000:]
+    assert "ctrsh: test-pod-b ended at once (exited 1); the last lines of its log:" in r.stderr
+    assert "mkdir: can't create directory '/nowhere': Read-only file system" in r.stderr
+    assert "tear down the detached containers, newest first: test-pod-c, test-pod-b, test-pod-a" in r.stderr
+    assert "container 4 of 4" not in r.stderr and "never" not in r.stdout
+    assert ps(ctrsh) == {}
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_apply_tears_down_all(ctrsh: Ctrsh, tmp_path: Path, sig: int) -> None:
     wait = "echo ready; exec sleep 600"  # PID 1 sleep: no handler for SIGINT or SIGTERM, so ctrsh stops it
