@@ -118,6 +118,10 @@ def parse(text: str, file: str) -> Group:
     finally:
         loader.dispose()
     problems = checker.problems + (_cross_checks(group) if group is not None else [])
+    if len(problems) > schema.MAX_PROBLEMS:  # a hostile file must not print a million lines
+        problems = problems[: schema.MAX_PROBLEMS]
+        last = max(problems, key=lambda p: (p.line, p.col))
+        problems.append(Problem(file, last.line, last.col, "too many problems; the rest are not shown"))
     if problems or group is None:
         raise RecipeError(problems)
     return group
@@ -196,7 +200,7 @@ def _item(
     own = []
     for key, k, v in pairs:
         if key == "detach":
-            detach = checker.convert(v, bool, f"{path}.detach")
+            detach = checker.convert(v, bool | None, f"{path}.detach")  # null: the default
         else:
             own.append((k, v))
     written = {key for key, _, _ in pairs}

@@ -307,3 +307,21 @@ def test_destroy_of_a_group_finds_its_containers_newest_first(tmp_path: Path) ->
     assert groupapply.destroy_targets(facts, "plain") is None  # a container's name: that container
     assert groupapply.destroy_targets(facts, "nothing") is None
     assert groupapply.member_of(facts, "side") == ("pod", 1)
+
+
+def test_items_repeated_by_alias_are_counted_and_refused() -> None:
+    args = "[" + ", ".join(["x"] * 200) + "]"
+    text = f"name: p\nrootfs: {{busybox: {{}}}}\ncontainers:\n  - &i {{name: a, process: {{args: {args}}}}}\n"
+    text += "  - *i\n" * 63
+    lines = errors(text)
+    assert "g.yaml:4:188: more than 10000 values (each use of an alias counts): refused" in lines
+    assert len(lines) <= 101  # one line per problem, at most 100 and "too many problems"
+    assert errors("name: p\ncontainers: [" + ", ".join(["{name: a}"] * 65) + "]\n") == [
+        "g.yaml:2:13: containers: 65 containers; at most 64 in one recipe"
+    ]
+
+
+def test_detach_may_be_null() -> None:
+    text = "name: p\nrootfs: {busybox: {}}\ncontainers:\n  - {name: a, process: {args: [sh]}, detach: ~}\n"
+    text += "  - {name: b, process: {args: [sh]}, detach: true}\n"
+    assert group.parse(text, "g.yaml").detached() == (True, True)
