@@ -141,6 +141,7 @@ start_detached() {
   shift 2
   setsid "$@" </dev/null >"$log" 2>&1 &
   pid=$!
+  disown "$pid"  # its end (the teardown's kill) is no news for the script's stderr
   for ((i = 0; i < 3000; i++)); do
     for p in /proc/[0-9]*; do
       if [[ $p/ns/mnt -ef $ns && ! $p/root -ef / ]]; then return 0; fi
