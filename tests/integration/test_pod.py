@@ -150,7 +150,8 @@ def test_a_signal_to_apply_tears_down_all(ctrsh: Ctrsh, tmp_path: Path, sig: int
     assert ps(ctrsh) == {}
 
 
-def test_kill_9_of_apply_then_destroy_of_the_names(ctrsh: Ctrsh, tmp_path: Path) -> None:
+@pytest.mark.parametrize("by", ["names", "group"])
+def test_kill_9_of_apply_then_destroy(ctrsh: Ctrsh, tmp_path: Path, by: str) -> None:
     recipe = ctrsh.recipe(
         group("test-pod", item("test-pod-a", SERVE), item("test-pod-c", "echo ready; exec sleep 600"))
     )
@@ -160,7 +161,8 @@ def test_kill_9_of_apply_then_destroy_of_the_names(ctrsh: Ctrsh, tmp_path: Path)
         wait_for_pid1(f"{ctrsh.env['CTRSH_STATE_DIR']}/test-pod-c/ns/mnt", "sleep")
         proc.kill()
         proc.wait(timeout=30)
-    for name in ("test-pod-c", "test-pod-a"):  # newest first, as the group would have
+    assert ps(ctrsh)["test-pod-c"]["state"] == "stopped"  # its apply is gone; a still runs under its holder
+    for name in ("test-pod-c", "test-pod-a") if by == "names" else ("test-pod",):  # newest first
         d = ctrsh.run("destroy", "--force", name)
         assert d.returncode == 0, d.stderr[-2000:]
     assert ps(ctrsh) == {}
