@@ -16,7 +16,9 @@ if TYPE_CHECKING:  # imported lazily at run time: each command loads only what i
     from collections.abc import Callable
 
     from .facts import Facts, Paths
+    from .group import Group
     from .plan import Plan
+    from .recipe import Recipe
     from .trace import Trace
 
 app = typer.Typer(
@@ -50,14 +52,16 @@ DataDir = Annotated[
 ]
 
 
-def _plan(recipe_path: str, state_dir: str | None, data_dir: str | None) -> tuple[Plan, Facts]:
+def _plan(
+    recipe_path: str, state_dir: str | None, data_dir: str | None, loaded: Recipe | None = None
+) -> tuple[Plan, Facts]:
     from .compile import compile_plan
     from .facts import detect
     from .hostfiles import gather
     from .ipam import survey_for
     from .recipe import load
 
-    recipe = load(recipe_path)  # first: a bad recipe is reported before anything about the host
+    recipe = loaded or load(recipe_path)  # first: a bad recipe is reported before anything about the host
     facts = gather(recipe, detect(state_dir, data_dir))  # the files the recipe names: host facts too
     facts = survey_for(recipe, facts)  # mode bridge: the addresses in use
     return compile_plan(recipe, facts), facts
@@ -83,8 +87,14 @@ def apply(
     comments). The container uses your terminal; ctrsh exits with its exit code.
     When it exits, fails or is interrupted, everything is undone, newest first.
     With -d it runs detached: `ctrsh ps`, `exec`, `logs`, `stop` and `destroy` take it from there.
+    A recipe with `containers:` starts them in order (all but the last detached) and tears them all down.
     """
-    plan, facts = _plan(recipe, state_dir, data_dir)
+    group = _group(recipe)
+    if not group.single:
+        from . import groupapply
+
+        raise typer.Exit(_group_exit(lambda: groupapply.apply(group, state_dir, data_dir, quiet, stop_timeout, detach)))
+    plan, facts = _plan(recipe, state_dir, data_dir, group.containers[0])
     from . import preflight
     from .facts import Paths
     from .lock import NameLock, lock_path
@@ -116,6 +126,24 @@ def apply(
     finally:
         name_lock.release(remove=not handed_over)  # detached: the holder keeps it
     raise typer.Exit(code)
+
+
+def _group(recipe_path: str) -> Group:
+    """The recipe as a group (a one-container recipe is a group of one, `single`)."""
+    from .group import load
+
+    return load(recipe_path)
+
+
+def _group_exit(run: Callable[[], int]) -> int:
+    from .signals import Interrupted
+
+    try:
+        return run()
+    except KeyboardInterrupt:
+        return 130
+    except Interrupted as e:
+        return 128 + e.signum
 
 
 def _running_message(facts: Facts, name: str) -> str:
@@ -163,7 +191,14 @@ def plan(recipe: RecipeArg, state_dir: StateDir = None, data_dir: DataDir = None
     """Print the commands `apply` would run, phase by phase, with why. Runs nothing; no root needed."""
     from .render import render_plan
 
-    compiled, _ = _plan(recipe, state_dir, data_dir)
+    group = _group(recipe)
+    if not group.single:
+        from . import group as groups
+        from .groupapply import compiled as compile_group
+
+        sys.stdout.write(groups.render(compile_group(group, state_dir, data_dir)[0]))
+        return
+    compiled, _ = _plan(recipe, state_dir, data_dir, group.containers[0])
     sys.stdout.write(render_plan(compiled))
 
 
@@ -177,8 +212,14 @@ def export(
     """Write a standalone bash script that does what `apply` does: `ctrsh export r.yaml > r.sh; sudo bash r.sh`."""
     from .export import export_script, write_script
 
-    compiled, _ = _plan(recipe, state_dir, data_dir)
-    text = export_script(compiled)
+    group = _group(recipe)
+    if not group.single:
+        from . import group as groups
+        from .groupapply import compiled as compile_group
+
+        text = groups.export(compile_group(group, state_dir, data_dir)[0])
+    else:
+        text = export_script(_plan(recipe, state_dir, data_dir, group.containers[0])[0])
     if output:
         write_script(output, text)
     else:
@@ -214,26 +255,32 @@ def destroy(
 ) -> None:
     """Tear down a container: one that exited or was stopped, a detached one (with --force also a
     running one, stopped first as `stop` does), or one left behind when ctrsh was killed: kill its
-    processes, run its journaled undos."""
+    processes, run its journaled undos. NAME may be a group (a recipe's `containers:`): all of its
+    containers, newest first."""
     from . import lifecycle
+    from .groupapply import destroy_targets
 
     if (name is None) == (not all_):
         raise UsageError("name a container, or give --all")
     facts = _facts_for(name, state_dir, data_dir, "destroy")
-    targets = lifecycle.names(facts) if all_ else [name or ""]
+    members = None if all_ else destroy_targets(facts, name or "")
+    many = all_ or members is not None
+    targets = lifecycle.names(facts) if all_ else members or [name or ""]
     failed = []
     for n in targets:
         try:
-            _destroy_one(facts, n, force or (all_ and force), time_, quiet_missing=all_)
+            _destroy_one(facts, n, force or (all_ and force), time_, quiet_missing=many)
         except CtrshError as e:
-            if not all_:
+            if not many:
                 raise
             failed.append(f"{n}: {e}")
     if failed:
         raise CtrshError("\n".join(failed))
 
 
-def _destroy_one(facts: Facts, name: str, force: bool, grace: float, quiet_missing: bool = False) -> None:
+def _destroy_one(
+    facts: Facts, name: str, force: bool, grace: float, quiet_missing: bool = False, trace: Trace | None = None
+) -> None:
     import time
 
     from . import engine, lifecycle, owner
@@ -244,7 +291,7 @@ def _destroy_one(facts: Facts, name: str, force: bool, grace: float, quiet_missi
     from .names import leftover_hosts
     from .trace import Trace
 
-    trace = Trace()
+    trace = trace or Trace()
     paths = Paths(facts, name)
     name_lock = NameLock(lock_path(facts.state_dir, name))
     if not name_lock.try_acquire():
@@ -444,9 +491,9 @@ def schema() -> None:
     """Print the recipe format as JSON Schema (for editors and validators)."""
     import json
 
-    from .recipe import recipe_schema
+    from .group import json_schema
 
-    print(json.dumps(recipe_schema(), indent=2))
+    print(json.dumps(json_schema(), indent=2))
 
 
 def _version(value: bool) -> None:

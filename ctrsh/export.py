@@ -19,7 +19,7 @@ from .safepath import SAFE_PATH
 
 HEADER = """\
 #!/usr/bin/env bash
-# Container "{name}", exported by ctrsh {version} from {source}.
+# {title}, exported by ctrsh {version} from {source}.
 # It runs the same commands as `ctrsh apply {source}`, with plain bash.
 # Run it as root. Everything it changes on the host is undone when it exits,
 # fails or is interrupted: each step that changes the host registers its undo.
@@ -155,18 +155,23 @@ done
 """
 
 
-def export_script(plan: Plan) -> str:
-    out = [
-        HEADER.format(
-            name=plan.name,
-            version=__version__,
-            source=plan.source,
-            nsfile=shlex.quote(plan.container_ns),
-            terminal=int(plan.terminal),
-            safe_path=SAFE_PATH,
-        )
-    ]
-    out += [f"# Note: {note}\n" for note in plan.notes]
+def export_header(plan: Plan, title: str | None = None) -> str:
+    """The script's start: checks, the undo list, the EXIT trap and the signal handling, for the
+    container `plan` runs in the foreground."""
+    return HEADER.format(
+        title=title or f'Container "{plan.name}"',
+        version=__version__,
+        source=plan.source,
+        nsfile=shlex.quote(plan.container_ns),
+        terminal=int(plan.terminal),
+        safe_path=SAFE_PATH,
+    )
+
+
+def export_steps(plan: Plan, start: str | None = None) -> list[str]:
+    """The plan's notes and steps, each registering its undo. start: what runs the container's start
+    step (default `run_container `, in the foreground; a group's detached members: start_detached)."""
+    out = [f"# Note: {note}\n" for note in plan.notes]
     for phase, steps in plan.by_phase():
         out.append(f"\n# == {phase}: {PHASES[phase]} ==\n")
         for (creates, keep), grouped in groupby(steps, key=lambda s: (s.creates, s.keep)):
@@ -180,7 +185,7 @@ def export_script(plan: Plan) -> str:
             for step in group:
                 if step.foreground:
                     out.append(f'{indent}if ((stop)); then exit "$stop"; fi\n')
-                run = "run_container " if step.foreground else ""
+                run = (start if start is not None else "run_container ") if step.foreground else ""
                 out.append(f"{indent}# {step.why}\n{indent}{run}{step.command}\n")
                 if step.undo_command:
                     out.append(f"{indent}undo {shlex.quote(step.undo_command)}\n")
@@ -188,6 +193,11 @@ def export_script(plan: Plan) -> str:
                 out.append('  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse\n')
             if creates:
                 out.append("fi\n")
+    return out
+
+
+def export_script(plan: Plan) -> str:
+    out = [export_header(plan), *export_steps(plan)]
     out.append('if ((stop)); then exit "$stop"; fi\n')
     out.append("\n# The EXIT trap now tears everything down: the undos above, newest first.\n")
     return "".join(out)

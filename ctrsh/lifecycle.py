@@ -99,6 +99,7 @@ class Status:
     started: float | None  # epoch seconds
     command: str
     detached: bool
+    group: str | None = None  # the group (a recipe's `containers:`) it was started in
 
     @property
     def running(self) -> bool:
@@ -143,7 +144,8 @@ def status(facts: Facts, name: str) -> Status:
         state = f"exited {code}"
     else:
         state = "stopped"
-    return Status(name, state, pid, _started(pid) if pid else None, command or "?", detached)
+    group = (_read(f"{paths.state}/group") or "").partition(" ")[0] or None  # group.GROUP_FILE
+    return Status(name, state, pid, _started(pid) if pid else None, command or "?", detached, group)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -168,6 +170,9 @@ def names(facts: Facts) -> list[str]:
                 found.add(n[len(base) + 1 : -len(".lock")])
     except OSError:
         pass
+    from .ipam import registry
+
+    found.discard(os.path.basename(registry(facts.state_dir)))  # the network registry, not a container
     return sorted(n for n in found if not check_name(n))
 
 
@@ -187,17 +192,20 @@ def render_ps(rows: list[Status], as_json: bool) -> str:
     if as_json:
         out = [
             {"name": r.name, "state": r.state, "pid": r.pid, "started": r.started,
-             "uptime": (now - r.started) if r.started else None, "command": r.command, "detached": r.detached}
+             "uptime": (now - r.started) if r.started else None, "command": r.command, "detached": r.detached,
+             "group": r.group}
             for r in rows
         ]  # fmt: skip
         return json.dumps(out, indent=2) + "\n"
-    table = [("NAME", "STATE", "PID", "UPTIME", "COMMAND")]
+    grouped = any(r.group for r in rows)  # a GROUP column only when some container is in one
+    table = [("NAME", *(("GROUP",) if grouped else ()), "STATE", "PID", "UPTIME", "COMMAND")]
     for r in rows:
         up = uptime(now - r.started) if r.started else "-"
-        table.append((r.name, r.state, str(r.pid or "-"), up, r.command))
-    widths = [max(len(t[i]) for t in table) for i in range(4)]
+        table.append((r.name, *((r.group or "-",) if grouped else ()), r.state, str(r.pid or "-"), up, r.command))
+    k = len(table[0]) - 1
+    widths = [max(len(t[i]) for t in table) for i in range(k)]
     return "".join(
-        "  ".join(v.ljust(w) for v, w in zip(t[:4], widths, strict=True)) + "  " + t[4] + "\n" for t in table
+        "  ".join(v.ljust(w) for v, w in zip(t[:k], widths, strict=True)) + "  " + t[k] + "\n" for t in table
     )
 
 

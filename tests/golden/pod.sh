@@ -1,0 +1,1423 @@
+#!/usr/bin/env bash
+# Group "pod" of 3 containers (web, side, client), exported by ctrsh 0.1.0 from recipes/pod.yaml.
+# It runs the same commands as `ctrsh apply recipes/pod.yaml`, with plain bash.
+# Run it as root. Everything it changes on the host is undone when it exits,
+# fails or is interrupted: each step that changes the host registers its undo.
+# shellcheck disable=SC2016  # '$1' in single quotes is for the inner sh, by design
+# shellcheck disable=SC2174  # mkdir -p -m: the mode is meant for the last dir only
+set -euo pipefail
+# The tools this runs as root come from a fixed PATH (as sudo's secure_path), never the caller's.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+if [[ $EUID -ne 0 ]]; then
+  echo "$0: run this as root, e.g. sudo bash $0" >&2
+  exit 1
+fi
+
+# Descriptors the caller left open must not reach the container (runc CVE-2024-21626): close all
+# but stdin, stdout, stderr and bash's own handle on this script (255).
+for fd in /proc/"$$"/fd/*; do
+  fd=${fd##*/}
+  if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
+done
+undos=()  # commands that reverse what has run, oldest first
+stop=0    # set by a signal, acted on between steps: no step runs without its undo registered
+cleanup() {
+  local rc=$? i
+  if ((stop)); then rc=$stop; fi
+  trap - EXIT
+  trap '' INT TERM HUP QUIT PIPE USR1 USR2 ALRM  # a teardown cut short would leave the host half-changed
+  for ((i = ${#undos[@]} - 1; i >= 0; i--)); do
+    eval "${undos[i]}" || echo "$0: undo failed: ${undos[i]}" >&2
+  done
+  exit "$rc"
+}
+# After a step that changed the host: register what reverses it, then stop if asked to.
+undo() {
+  undos+=("$1")
+  if ((stop)); then exit "$stop"; fi
+}
+trap cleanup EXIT
+
+# The container runs in a session of its own, out of reach of the terminal's Ctrl-C, so signals to
+# this script are passed on to it, as `ctrsh apply` does. Its processes are those in its mount
+# namespace (-ef: same file). Ctrl-C goes to its PID 1 if that has a handler for it; a PID 1 without
+# one would never see it (the kernel protects a namespace's init), so then the container is stopped.
+container_ns=/run/ctrsh/client/ns/mnt
+container=0  # pid of the command that runs the container, while it runs
+terminal=0  # 1: it has a pty of its own (script(1) relays the caller's terminal to it)
+container_pids() {
+  local p
+  for p in /proc/[0-9]*; do
+    if [[ $p/ns/mnt -ef $container_ns && ${p#/proc/} != "$$" ]]; then echo "${p#/proc/}"; fi
+  done
+}
+catches() {  # is $1 PID 1 of a PID namespace (else 2), with a handler for signal $2 (else 1)?
+  local key value nspid=() caught=0
+  while read -r key value; do
+    case $key in
+      NSpid:) read -ra nspid <<<"$value" ;;
+      SigCgt: | SigBlk:) caught=$((caught | 16#$value >> ($2 - 1) & 1)) ;;  # blocked: an init like tini takes it
+    esac
+  done <"/proc/$1/status" || return 2
+  ((${#nspid[@]} > 1)) && [[ ${nspid[-1]} == 1 ]] || return 2
+  # tini (process.init) waits in sigtimedwait, which hides its blocked signals while it waits
+  ((caught)) || [[ $(<"/proc/$1/comm") == tini-static ]]
+}
+on_signal() {  # $1 signal, $2 exit code
+  local p init=""
+  if ((container)) && [[ $1 == INT ]] && ((!stop)); then
+    for p in $(container_pids); do
+      if catches "$p" 2; then init=$p; elif (($? == 1)); then init=none; fi
+    done
+    if [[ -n $init && $init != none ]]; then kill -INT "$init" 2>/dev/null || :; return; fi
+  fi
+  if ((!stop)); then stop=$2; fi
+  if ((container)); then stop_container; fi
+}
+# As `docker stop`: SIGTERM to PID 1, SIGKILL to all after the grace time. A PID 1 of a PID namespace
+# with no SIGTERM handler never gets it (the kernel drops it), so then SIGKILL at once.
+grace=10
+deadline=0
+stop_container() {
+  local p inits=() others=() targets=() hard=0
+  if ((deadline == 0)); then
+    for p in $(container_pids); do
+      catches "$p" 15
+      case $? in 0) inits+=("$p") ;; 1) hard=1 ;; *) others+=("$p") ;; esac
+    done
+    targets=("${inits[@]}")
+    if ((!${#inits[@]})); then targets=("${others[@]}"); fi
+    if ((!hard && ${#targets[@]})); then
+      kill -TERM "${targets[@]}" 2>/dev/null || :
+      deadline=$((SECONDS + grace))
+      return
+    fi
+    deadline=-1
+  fi
+  if ((deadline > 0 && SECONDS < deadline)); then return; fi
+  for p in $(container_pids); do
+    [[ $(<"/proc/$p/comm") == script ]] || kill -KILL "$p" 2>/dev/null || :  # the relay ends with PID 1
+  done
+}
+# Run the container in the background and wait, so that a signal's trap runs at once.
+# (errexit is off meanwhile: bash 5.2 exits when a trap interrupts `wait` under set -e, even in an `if`.)
+run_container() {
+  local rc
+  if ((!terminal)) && [[ -t 1 || -t 2 ]]; then
+    # No terminal of its own: then it must not hold the caller's either (it could read what is
+    # typed there): its output goes through pipes, copied to the terminal by cat.
+    if [[ -t 0 ]]; then "$@" </dev/null > >(cat) 2> >(cat >&2) & else "$@" > >(cat) 2> >(cat >&2) & fi
+  else
+    "$@" <&0 &
+  fi
+  container=$!
+  set +e
+  while :; do
+    wait "$container"
+    rc=$?
+    if ! kill -0 "$container" 2>/dev/null; then break; fi
+    if ((stop)); then stop_container; sleep 0.05; fi  # it may still be entering its namespaces
+  done
+  set -e
+  container=0
+  return "$rc"
+}
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
+trap 'on_signal HUP 129' HUP
+trap 'on_signal PIPE 141' PIPE
+# Every other signal that would end bash with no teardown, as apply does.
+for sig in QUIT USR1 USR2 ALRM XCPU XFSZ VTALRM PROF IO PWR; do
+  # shellcheck disable=SC2064  # the signal's name and number are fixed here, on purpose
+  trap "on_signal $sig $((128 + $(kill -l "$sig")))" "$sig"
+done
+
+# A group member that `ctrsh apply` runs detached: in the background, in a session of its own, its
+# output to its log; the script goes on once its PID 1 has left the host's root (pivot_root).
+# $1 its mount namespace file, $2 its log, then its start command. The EXIT trap's undos stop it.
+start_detached() {
+  local ns=$1 log=$2 pid p i
+  shift 2
+  setsid "$@" </dev/null >"$log" 2>&1 &
+  pid=$!
+  disown "$pid"  # its end (the teardown's kill) is no news for the script's stderr
+  for ((i = 0; i < 3000; i++)); do
+    for p in /proc/[0-9]*; do
+      if [[ $p/ns/mnt -ef $ns && ! $p/root -ef / ]]; then return 0; fi
+    done
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$0: it ended at once: see $log" >&2
+      return 1
+    fi
+    sleep 0.01
+  done
+  echo "$0: it did not start within 30 s: see $log" >&2
+  return 1
+}
+
+# ===== container 1 of 3: web, detached (apply goes on once its PID 1 runs; output in its log) =====
+# Note: seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.
+# Note: keyrings: root inside shares host root's user keyring (keyrings are per uid; Docker's seccomp profile blocks keyctl and add_key, and only that or a user namespace would separate them).
+
+# == rootfs: provide the root filesystem ==
+if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
+  n=${#undos[@]}
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh/images
+  # Clear what an earlier, interrupted build by this container name may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-web
+  # Build a busybox image in a work dir of this container's own, beside its final place; a build cut short is never used.
+  mkdir -m 0755 /var/lib/ctrsh/images/busybox.tmp-web /var/lib/ctrsh/images/busybox.tmp-web/rootfs
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-web'
+  # The usual top-level dirs, mode 0755 whatever the umask ctrsh runs with.
+  mkdir -m 0755 /var/lib/ctrsh/images/busybox.tmp-web/rootfs/bin /var/lib/ctrsh/images/busybox.tmp-web/rootfs/sbin /var/lib/ctrsh/images/busybox.tmp-web/rootfs/usr /var/lib/ctrsh/images/busybox.tmp-web/rootfs/usr/bin /var/lib/ctrsh/images/busybox.tmp-web/rootfs/usr/sbin /var/lib/ctrsh/images/busybox.tmp-web/rootfs/dev /var/lib/ctrsh/images/busybox.tmp-web/rootfs/proc /var/lib/ctrsh/images/busybox.tmp-web/rootfs/sys /var/lib/ctrsh/images/busybox.tmp-web/rootfs/etc /var/lib/ctrsh/images/busybox.tmp-web/rootfs/root /var/lib/ctrsh/images/busybox.tmp-web/rootfs/tmp
+  # /tmp is writable by all, with the sticky bit, as on any Linux.
+  chmod 1777 /var/lib/ctrsh/images/busybox.tmp-web/rootfs/tmp
+  # A static busybox needs no libraries: this one file is every command in the image.
+  install -m 0755 /bin/busybox /var/lib/ctrsh/images/busybox.tmp-web/rootfs/bin/busybox
+  # One relative symlink per applet (usr/bin/env -> ../../bin/busybox), valid wherever the tree is mounted.
+  sh -c 'cd "$1"
+for p in $(bin/busybox --list-full); do
+  case $p in */*/*) t=../../bin/busybox ;; *) t=../bin/busybox ;; esac
+  [ -e "$p" ] || ln -s "$t" "$p"
+done' ctrsh-link /var/lib/ctrsh/images/busybox.tmp-web/rootfs
+  # Minimal /etc/passwd and /etc/group, so tools show names.
+  sh -c 'umask 022
+printf "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n" >"$1/etc/passwd"
+printf "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n" >"$1/etc/group"
+' ctrsh-etc /var/lib/ctrsh/images/busybox.tmp-web/rootfs
+  # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
+  flock /var/lib/ctrsh/images/busybox.lock sh -c 'if [ ! -e "$2" ]; then
+  printf "%s\n" "$3" >"$2.source"
+  mv -T "$1/rootfs" "$2"
+fi
+rm -rf --one-file-system "$1"
+' ctrsh-publish /var/lib/ctrsh/images/busybox.tmp-web /var/lib/ctrsh/images/busybox busybox
+  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
+fi
+if [[ ! -e /var/lib/ctrsh/dev-2 && ! -L /var/lib/ctrsh/dev-2 ]]; then  # only if missing
+  n=${#undos[@]}
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh
+  # Clear what an earlier, interrupted build by this container name may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-web
+  # Build a template for /dev in a work dir of this container's own, beside its final place; a build cut short is never used.
+  mkdir -m 0755 /var/lib/ctrsh/dev-2.tmp-web /var/lib/ctrsh/dev-2.tmp-web/rootfs
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-web'
+  # Mount points for ptys, shared memory and message queues; the template's own mode 0755 becomes /dev's.
+  mkdir -m 0755 /var/lib/ctrsh/dev-2.tmp-web/rootfs/pts /var/lib/ctrsh/dev-2.tmp-web/rootfs/shm /var/lib/ctrsh/dev-2.tmp-web/rootfs/mqueue
+  # /dev/null: character device 1:3, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-web/rootfs/null c 1 3
+  # /dev/zero: character device 1:5, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-web/rootfs/zero c 1 5
+  # /dev/full: character device 1:7, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-web/rootfs/full c 1 7
+  # /dev/random: character device 1:8, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-web/rootfs/random c 1 8
+  # /dev/urandom: character device 1:9, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-web/rootfs/urandom c 1 9
+  # /dev/tty: character device 5:0, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-web/rootfs/tty c 5 0
+  # /dev/fd -> /proc/self/fd, as on any Linux.
+  ln -s /proc/self/fd /var/lib/ctrsh/dev-2.tmp-web/rootfs/fd
+  # /dev/stdin -> /proc/self/fd/0, as on any Linux.
+  ln -s /proc/self/fd/0 /var/lib/ctrsh/dev-2.tmp-web/rootfs/stdin
+  # /dev/stdout -> /proc/self/fd/1, as on any Linux.
+  ln -s /proc/self/fd/1 /var/lib/ctrsh/dev-2.tmp-web/rootfs/stdout
+  # /dev/stderr -> /proc/self/fd/2, as on any Linux.
+  ln -s /proc/self/fd/2 /var/lib/ctrsh/dev-2.tmp-web/rootfs/stderr
+  # /dev/ptmx -> pts/ptmx, as on any Linux.
+  ln -s pts/ptmx /var/lib/ctrsh/dev-2.tmp-web/rootfs/ptmx
+  # /dev/core -> /proc/kcore, as on any Linux.
+  ln -s /proc/kcore /var/lib/ctrsh/dev-2.tmp-web/rootfs/core
+  # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
+  flock /var/lib/ctrsh/dev-2.lock sh -c 'if [ ! -e "$2" ]; then
+  printf "%s\n" "$3" >"$2.source"
+  mv -T "$1/rootfs" "$2"
+fi
+rm -rf --one-file-system "$1"
+' ctrsh-publish /var/lib/ctrsh/dev-2.tmp-web /var/lib/ctrsh/dev-2 'dev template'
+  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
+fi
+# Remove this apply's build work dirs, left behind if another apply published the same image first.
+rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-web /var/lib/ctrsh/dev-2.tmp-web
+
+# == namespaces: create the namespaces, persisted as files so each later step can enter them ==
+if [[ ! -e /run/ctrsh && ! -L /run/ctrsh ]]; then  # only if missing
+  # ctrsh's runtime state lives here, private to root (0700); made only if missing, and then removed once no container uses it.
+  mkdir -p -m 0700 /run/ctrsh
+  undo 'rmdir --ignore-fail-on-non-empty /run/ctrsh'
+fi
+# This container's state, private to root: its namespace files and its root mount point. mkdir fails if it exists, so two containers never share a name.
+mkdir -m 0700 /run/ctrsh/web /run/ctrsh/web/ns /run/ctrsh/web/rootfs
+undo 'rm -rf --one-file-system /run/ctrsh/web'
+# Mark the dir as this ctrsh's (.ctrsh-owner): `ctrsh destroy` removes only marked dirs, never a look-alike.
+sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /run/ctrsh/web/.ctrsh-owner 'ctrsh container web state-dir /run/ctrsh data-dir /var/lib/ctrsh'
+# A private mount point to hold namespace files: the kernel refuses them under a shared mount.
+mount --bind --make-private /run/ctrsh/web/ns /run/ctrsh/web/ns
+undo 'umount --recursive /run/ctrsh/web/ns'
+# Empty files that namespaces will be bound to, keeping them alive.
+touch /run/ctrsh/web/ns/mnt /run/ctrsh/web/ns/uts /run/ctrsh/web/ns/ipc
+# A network namespace, kept alive at /run/netns/ctrsh-web: only lo, and it is down.
+ip netns add ctrsh-web
+undo 'ip netns delete ctrsh-web'
+# Create the namespaces, bind each to its file, then set the hostname inside them (the host's is untouched). Private propagation: no mount made inside ever reaches the host.
+unshare --mount=/run/ctrsh/web/ns/mnt --uts=/run/ctrsh/web/ns/uts --ipc=/run/ctrsh/web/ns/ipc --propagation private hostname web
+
+# == filesystem: assemble the container's mounts inside its own mount namespace ==
+if [[ ! -e /var/lib/ctrsh/containers && ! -L /var/lib/ctrsh/containers ]]; then  # only if missing
+  # Where containers' writable layers live while they run (made once, kept); 0700: no other user can reach a file a container writes (a setuid binary, say).
+  mkdir -p -m 0700 /var/lib/ctrsh/containers
+fi
+# This container's dir, private to root, and overlayfs' scratch dir (work), on disk.
+mkdir -m 0700 /var/lib/ctrsh/containers/web /var/lib/ctrsh/containers/web/work
+undo 'rm -rf --one-file-system /var/lib/ctrsh/containers/web'
+# Mark the dir as this ctrsh's (.ctrsh-owner): `ctrsh destroy` removes only marked dirs, never a look-alike.
+sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /var/lib/ctrsh/containers/web/.ctrsh-owner 'ctrsh container web state-dir /run/ctrsh data-dir /var/lib/ctrsh'
+
+# == namespaces: create the namespaces, persisted as files so each later step can enter them ==
+# Container 1 of group 'pod': recorded for `ctrsh ps` and `ctrsh destroy pod` (removed with the state dir).
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'pod 0' /run/ctrsh/web/group
+
+# == filesystem: assemble the container's mounts inside its own mount namespace ==
+# Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.
+mkdir -m 0755 /var/lib/ctrsh/containers/web/upper
+# Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
+mkdir -m 0755 /var/lib/ctrsh/containers/web/upper/proc /var/lib/ctrsh/containers/web/upper/dev /var/lib/ctrsh/containers/web/upper/sys /var/lib/ctrsh/containers/web/upper/.ctrsh /var/lib/ctrsh/containers/web/upper/.oldroot /var/lib/ctrsh/containers/web/upper/etc
+# Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/web/upper/etc/ld.so.preload
+# Likewise for /etc/hostname, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/web/upper/etc/hostname
+# Likewise for /etc/hosts, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/web/upper/etc/hosts
+# Likewise for /etc/resolv.conf, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/web/upper/etc/resolv.conf
+# Root filesystem: the shared image read-only below, this container's own writes above (upper).
+nsenter --mount=/run/ctrsh/web/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/busybox,upperdir=/var/lib/ctrsh/containers/web/upper,workdir=/var/lib/ctrsh/containers/web/work /run/ctrsh/web/rootfs
+# A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
+nsenter --mount=/run/ctrsh/web/ns/mnt -- mount -t tmpfs -o nosuid,strictatime,mode=0755,size=65536k tmpfs /run/ctrsh/web/rootfs/dev
+# Fill /dev from the template: six devices, the fd links, the pts, shm and mqueue mount points.
+nsenter --mount=/run/ctrsh/web/ns/mnt -- cp -a /var/lib/ctrsh/dev-2/. /run/ctrsh/web/rootfs/dev/
+# The container's own pty instance (newinstance): it cannot see the host's terminals.
+nsenter --mount=/run/ctrsh/web/ns/mnt -- mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts /run/ctrsh/web/rootfs/dev/pts
+# /dev/shm for POSIX shared memory, private to the container, 64 MiB as in Docker.
+nsenter --mount=/run/ctrsh/web/ns/mnt -- mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=65536k shm /run/ctrsh/web/rootfs/dev/shm
+# /dev/mqueue for POSIX message queues, those of the container's IPC namespace.
+nsenter --mount=/run/ctrsh/web/ns/mnt --ipc=/run/ctrsh/web/ns/ipc -- mount -t mqueue -o nosuid,nodev,noexec mqueue /run/ctrsh/web/rootfs/dev/mqueue
+# /sys read-only, mounted from the container's network namespace so it lists only its interfaces.
+nsenter --mount=/run/ctrsh/web/ns/mnt --net=/run/netns/ctrsh-web -- mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /run/ctrsh/web/rootfs/sys
+# Record which image this container is made from: `ctrsh rmi` refuses to remove an image in use.
+sh -c 'printf "%s\n" "$2" >"$1"' ctrsh-record /run/ctrsh/web/image /var/lib/ctrsh/images/busybox
+# The container's own /etc/hostname, hosts, resolv.conf: written in its state dir (mode 0644).
+sh -c 'umask 022
+mkdir "$1"; d=$1; shift
+while [ $# -gt 0 ]; do printf "%s" "$2" >"$d/$1"; shift 2; done' ctrsh-etc /run/ctrsh/web/etc hostname 'web
+' hosts '127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+10.88.0.2	web
+' resolv.conf 'nameserver 192.0.2.53
+' hosts.base '127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+10.88.0.2	web
+'
+# /etc/hostname: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/web/ns/mnt -- mount --bind /run/ctrsh/web/etc/hostname /run/ctrsh/web/rootfs/etc/hostname
+# /etc/hosts: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/web/ns/mnt -- mount --bind /run/ctrsh/web/etc/hosts /run/ctrsh/web/rootfs/etc/hosts
+# /etc/resolv.conf: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/web/ns/mnt -- mount --bind /run/ctrsh/web/etc/resolv.conf /run/ctrsh/web/rootfs/etc/resolv.conf
+
+# == network: configure the network namespace ==
+# Lease 10.88.0.2 on ctrsh0 (the next free address in the registry now): a file naming this container, written under a lock on /run/ctrsh; fails if a live container holds it, so no two get the same address.
+flock /run/ctrsh sh -euc 'state=$1 dir=$2 me=$3
+shift 3
+mkdir -p "$dir"
+for key; do  # held by a container that still exists: fail, nothing claimed
+  if [ -e "$dir/$key" ]; then
+    holder=$(cat "$dir/$key")
+    if [ "$holder" != "$me" ] && [ -d "$state/$holder" ]; then
+      echo "$key is taken by container $holder" >&2
+      exit 75
+    fi
+  fi
+done
+for key; do echo "$me" > "$dir/$key"; done
+' ctrsh-claim /run/ctrsh /run/ctrsh/network/leases-ctrsh0 web 10.88.0.2
+undo 'flock /run/ctrsh sh -euc '"'"'dir=$1 me=$2
+shift 2
+for key; do
+  if [ "$(cat "$dir/$key" 2>/dev/null)" = "$me" ]; then rm -f "$dir/$key"; fi
+done
+rmdir "$dir" "${dir%/*}" 2>/dev/null || true
+'"'"' ctrsh-release /run/ctrsh/network/leases-ctrsh0 web 10.88.0.2'
+# The bridge ctrsh0, a virtual switch for the containers, with the gateway 10.88.0.1 on it: made (`ip link add … type bridge`, address, up) unless it exists; shared, so the last container out deletes it, and only if ctrsh made it.
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  if ! ip link show dev "$1" >/dev/null 2>&1; then
+    ip link add "$1" type bridge
+    ip addr add "$2" dev "$1"
+    ip link set "$1" up
+    : > "$reg/made"
+  fi
+  echo "$3" > "$reg/subnet"
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/bridge-ctrsh0 web ctrsh0 10.88.0.1/16 10.88.0.0/16
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    if ip link show dev "$1" >/dev/null 2>&1; then ip link delete "$1"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/bridge-ctrsh0 web ctrsh0 10.88.0.1/16 10.88.0.0/16'
+# A veth pair: a virtual cable, whatever goes in one end comes out of the other.
+ip link add vethf50eb83ff0 type veth peer name cethf50eb83ff0
+undo 'sh -euc '"'"'if ip link show dev "$1" >/dev/null 2>&1; then ip link delete "$1"; fi
+'"'"' ctrsh-undo vethf50eb83ff0'
+# Plug the host end into the bridge ctrsh0.
+ip link set vethf50eb83ff0 master ctrsh0
+# Bring the host end up.
+ip link set vethf50eb83ff0 up
+# Move the other end into the container's namespace.
+ip link set cethf50eb83ff0 netns ctrsh-web
+# Bring up loopback: a new network namespace starts with lo down.
+ip -n ctrsh-web link set lo up
+# Rename it eth0, as a container expects.
+ip -n ctrsh-web link set cethf50eb83ff0 name eth0
+# Bring eth0 up.
+ip -n ctrsh-web link set eth0 up
+# The container's address: on eth0, not on the bridged host end (that end is a switch port).
+ip -n ctrsh-web addr add 10.88.0.2/16 dev eth0
+# Everything off the subnet goes to the gateway: the host, through the bridge.
+ip -n ctrsh-web route add default via 10.88.0.1
+# Let the host route packets between interfaces (bridge <-> the outside). Shared by all containers; the last one out restores the old value, if ctrsh changed it.
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  old=$(sysctl -n "$1")
+  if [ "$old" != "$2" ]; then
+    echo "$old" > "$reg/made"
+    sysctl -q -w "$1=$2"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/ip_forward web net.ipv4.ip_forward 1
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    if sysctl -n "$1" >/dev/null 2>&1; then sysctl -q -w "$1=$(cat "$reg/made")"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/ip_forward web net.ipv4.ip_forward 1'
+# Outbound NAT: packets from the subnet leaving by any other interface get the host's address as source, so replies find their way back. Shared by the bridge's containers.
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  t=$1 op=$2 ch=$3
+  shift 3
+  if ! iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then
+    iptables -t "$t" "$op" "$ch" "$@"
+    : > "$reg/made"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/masquerade-ctrsh0 web nat -A POSTROUTING -s 10.88.0.0/16 '!' -o ctrsh0 -j MASQUERADE -m comment --comment ctrsh:bridge/ctrsh0
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    t=$1 ch=$3
+    shift 3
+    if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/masquerade-ctrsh0 web nat -A POSTROUTING -s 10.88.0.0/16 '"'"'!'"'"' -o ctrsh0 -j MASQUERADE -m comment --comment ctrsh:bridge/ctrsh0'
+# Forward what the containers send (needed where the FORWARD policy is DROP).
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  t=$1 op=$2 ch=$3
+  shift 3
+  if ! iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then
+    iptables -t "$t" "$op" "$ch" "$@"
+    : > "$reg/made"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/forward-out-ctrsh0 web filter -I FORWARD -i ctrsh0 -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    t=$1 ch=$3
+    shift 3
+    if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/forward-out-ctrsh0 web filter -I FORWARD -i ctrsh0 -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0'
+# Forward the replies to them (under a DROP policy, new connections in only reach published ports).
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  t=$1 op=$2 ch=$3
+  shift 3
+  if ! iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then
+    iptables -t "$t" "$op" "$ch" "$@"
+    : > "$reg/made"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/forward-back-ctrsh0 web filter -I FORWARD -o ctrsh0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    t=$1 ch=$3
+    shift 3
+    if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/forward-back-ctrsh0 web filter -I FORWARD -o ctrsh0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0'
+# Names: rewrite the /etc/hosts of every container on ctrsh0 (this one included) in place, from the leases, under the same lock: each lists the others by name. The undo rewrites them without this one.
+flock /run/ctrsh sh -euc 'state=$1 leases=$2 gone=$3 mark=$4
+nl='"'"'
+'"'"'
+list=
+for f in "$leases"/*; do
+  [ -f "$f" ] || continue
+  a=${f##*/}
+  case $a in *[!0-9.]*) continue ;; esac
+  m=
+  read -r m <"$f" || true
+  case $m in '"'"''"'"' | *[!a-z0-9-]*) continue ;; esac
+  [ "$m" != "$gone" ] && [ -d "$state/$m" ] || continue  # a lease of a container that is gone is free
+  list="$list$a $m$nl"
+done
+IFS=$nl
+set -f
+for entry in $list; do
+  d="$state/${entry#* }/etc"
+  [ -f "$d/hosts.base" ] && [ -f "$d/hosts" ] || continue
+  {
+    while IFS= read -r line; do printf '"'"'%s\n'"'"' "$line"; done <"$d/hosts.base"
+    printf '"'"'%s\n'"'"' "$mark"
+    for other in $list; do
+      [ "$other" = "$entry" ] || printf '"'"'%s\t%s\n'"'"' "${other% *}" "${other#* }"
+    done
+  } >"$d/hosts"
+done
+' ctrsh-hosts /run/ctrsh /run/ctrsh/network/leases-ctrsh0 '' '# ctrsh: the other containers on this bridge (kept current by ctrsh)'
+undo 'flock /run/ctrsh sh -euc '"'"'state=$1 leases=$2 gone=$3 mark=$4
+nl='"'"'"'"'"'"'"'"'
+'"'"'"'"'"'"'"'"'
+list=
+for f in "$leases"/*; do
+  [ -f "$f" ] || continue
+  a=${f##*/}
+  case $a in *[!0-9.]*) continue ;; esac
+  m=
+  read -r m <"$f" || true
+  case $m in '"'"'"'"'"'"'"'"''"'"'"'"'"'"'"'"' | *[!a-z0-9-]*) continue ;; esac
+  [ "$m" != "$gone" ] && [ -d "$state/$m" ] || continue  # a lease of a container that is gone is free
+  list="$list$a $m$nl"
+done
+IFS=$nl
+set -f
+for entry in $list; do
+  d="$state/${entry#* }/etc"
+  [ -f "$d/hosts.base" ] && [ -f "$d/hosts" ] || continue
+  {
+    while IFS= read -r line; do printf '"'"'"'"'"'"'"'"'%s\n'"'"'"'"'"'"'"'"' "$line"; done <"$d/hosts.base"
+    printf '"'"'"'"'"'"'"'"'%s\n'"'"'"'"'"'"'"'"' "$mark"
+    for other in $list; do
+      [ "$other" = "$entry" ] || printf '"'"'"'"'"'"'"'"'%s\t%s\n'"'"'"'"'"'"'"'"' "${other% *}" "${other#* }"
+    done
+  } >"$d/hosts"
+done
+'"'"' ctrsh-hosts /run/ctrsh /run/ctrsh/network/leases-ctrsh0 web '"'"'# ctrsh: the other containers on this bridge (kept current by ctrsh)'"'"''
+
+# == cgroups: limit resources ==
+# The parent of this ctrsh instance's cgroups (named for its state dir); removed once no container uses it.
+mkdir -p /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh
+undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d" 2>/dev/null || :; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh'
+# The container's cgroup (a cgroup in each hierarchy): all its processes, also ones that leave its namespaces. Teardown kills every process in it first, then removes it.
+mkdir /sys/fs/cgroup/cpu/ctrsh/web /sys/fs/cgroup/cpuacct/ctrsh/web /sys/fs/cgroup/memory/ctrsh/web /sys/fs/cgroup/pids/ctrsh/web /sys/fs/cgroup/devices/ctrsh/web /sys/fs/cgroup/freezer/ctrsh/web
+undo 'sh -c '"'"'f=$1; shift
+listed() { for d; do if [ -d "$d" ]; then find "$d" -name cgroup.procs -exec cat {} +; fi; done; }
+n=0
+while [ -n "$(listed "$@")" ]; do
+  if [ "$n" -ge 100 ]; then echo "ctrsh: still running after 10 s:" $(listed "$@") >&2; exit 1; fi
+  for d; do if [ -e "$d/cgroup.kill" ]; then echo 1 > "$d/cgroup.kill"; fi; done
+  if [ -d "$f" ]; then
+    echo FROZEN > "$f/freezer.state"
+    i=0; while [ "$(cat "$f/freezer.state")" = FREEZING ] && [ $((i += 1)) -lt 100 ]; do sleep 0.01; done
+  fi
+  kill -9 $(listed "$@") 2>/dev/null || true
+  if [ -d "$f" ]; then echo THAWED > "$f/freezer.state"; fi
+  n=$((n + 1)); sleep 0.1
+done
+for d; do if [ -d "$d" ]; then find "$d" -depth -type d -exec rmdir {} +; fi; done'"'"' ctrsh-kill /sys/fs/cgroup/freezer/ctrsh/web /sys/fs/cgroup/cpu/ctrsh/web /sys/fs/cgroup/cpuacct/ctrsh/web /sys/fs/cgroup/memory/ctrsh/web /sys/fs/cgroup/pids/ctrsh/web /sys/fs/cgroup/devices/ctrsh/web /sys/fs/cgroup/freezer/ctrsh/web'
+# Devices: deny every node first, as Docker does; CAP_MKNOD alone then makes nodes it cannot open.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write a /sys/fs/cgroup/devices/ctrsh/web/devices.deny
+# Devices: then allow, one rule a write: 'c *:* m' and 'b *:* m' (any node may be made, not opened), and 'rwm' for the standard nodes only: null, zero, full, random, urandom, tty, console, ptmx, ptys.
+sh -c 'f=$1; shift; for rule; do printf "%s\n" "$rule" > "$f"; done' ctrsh-allow /sys/fs/cgroup/devices/ctrsh/web/devices.allow 'c *:* m' 'b *:* m' 'c 1:3 rwm' 'c 1:5 rwm' 'c 1:7 rwm' 'c 1:8 rwm' 'c 1:9 rwm' 'c 5:0 rwm' 'c 5:1 rwm' 'c 5:2 rwm' 'c 136:* rwm'
+
+# == security: drop privileges ==
+# A private tmpfs for trusted copies of host tools: after pivot_root the image's own binaries are all there is, and none may run before privileges are dropped.
+nsenter --mount=/run/ctrsh/web/ns/mnt -- mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev ctrsh-tools /run/ctrsh/web/rootfs/.ctrsh
+# Copy in the host's static busybox (umount, rmdir, env for PID 1) and setpriv with its libraries and loader (setpriv drops capabilities; busybox's own setpriv cannot drop the bounding set).
+nsenter --mount=/run/ctrsh/web/ns/mnt -- cp /bin/busybox /usr/bin/setpriv /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libcap-ng.so.0 /lib/x86_64-linux-gnu/libc.so.6 /run/ctrsh/web/rootfs/.ctrsh/
+
+# == process: start the container's PID 1 ==
+if ((stop)); then exit "$stop"; fi
+# Enter the namespaces and fork PID 1 of a new PID namespace in a session of its own. As the host's sh it mounts /proc, masks kernel paths, pivot_roots, detaches the old root with trusted tools, then setpriv drops capabilities and busybox closes leaked fds before the command runs.
+start_detached /run/ctrsh/web/ns/mnt /run/ctrsh/web/log sh -c 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"' ctrsh-join /sys/fs/cgroup/cpu/ctrsh/web/cgroup.procs /sys/fs/cgroup/cpuacct/ctrsh/web/cgroup.procs /sys/fs/cgroup/memory/ctrsh/web/cgroup.procs /sys/fs/cgroup/pids/ctrsh/web/cgroup.procs /sys/fs/cgroup/devices/ctrsh/web/cgroup.procs /sys/fs/cgroup/freezer/ctrsh/web/cgroup.procs -- nsenter --mount=/run/ctrsh/web/ns/mnt --uts=/run/ctrsh/web/ns/uts --ipc=/run/ctrsh/web/ns/ipc --net=/run/netns/ctrsh-web -- unshare --pid --cgroup --fork --kill-child -- env -i --default-signal PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin setsid sh -euc 'set -f  # paths and PATH are split, never glob-expanded
+root=$1 cwd=$2 search=$3 nvars=$4
+shift 4
+# A closed stdin, stdout or stderr becomes /dev/null, as in Docker.
+for fd in 0 1 2; do if [ ! -e /proc/self/fd/$fd ]; then eval "exec $fd<>\"\$root/dev/null\""; fi; done
+# No terminal: stdin is /dev/null unless it was a pipe or a file.
+if [ -t 0 ]; then exec <"$root/dev/null"; fi
+# Mounted from inside the new PID namespace, so it shows the container'"'"'s processes only.
+mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
+# Kernel interfaces: masked ones show nothing (an empty read-only tmpfs, or /dev/null over a file); read-only ones cannot be written.
+for p in /proc/acpi /proc/asound /proc/interrupts /proc/kcore /proc/keys /proc/latency_stats /proc/sched_debug /proc/scsi /proc/timer_list /proc/timer_stats /sys/devices/virtual/powercap /sys/firmware; do
+  if [ -d "$root$p" ]; then mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k ctrsh-masked "$root$p"
+  elif [ -e "$root$p" ]; then mount --bind "$root/dev/null" "$root$p"; fi
+done
+for p in /proc/bus /proc/fs /proc/irq /proc/sys /proc/sysrq-trigger; do
+  if [ -e "$root$p" ]; then
+    mount --bind "$root$p" "$root$p" && mount -o remount,bind,ro,nosuid,nodev,noexec "$root$p"
+  fi
+done
+# Resource limits, inherited by everything the container starts.
+ulimit -n 1024
+# Swap roots; the old one is detached with the trusted umount, not the image'"'"'s.
+cd "$root"
+pivot_root . .oldroot
+/.ctrsh/busybox umount -l /.oldroot
+/.ctrsh/busybox rmdir /.oldroot 2>/dev/null || :
+# The working directory, made if the image lacks it (as Docker does).
+if ! cd "$cwd" 2>/dev/null; then /.ctrsh/busybox mkdir -p "$cwd"; cd "$cwd"; fi
+eval "prog=\${$((nvars + 1))}"
+case $prog in
+*/*) ;;
+*)
+  found=
+  IFS=:
+  for dir in $search; do
+    if [ -f "${dir:-.}/$prog" ] && [ -x "${dir:-.}/$prog" ]; then found=${dir:-.}/$prog; break; fi
+  done
+  unset IFS
+  if [ -z "$found" ]; then echo "ctrsh: $prog: not found in the container'"'"'s PATH ($search)" >&2; exit 127; fi
+  i=0
+  for arg; do
+    shift
+    if [ "$i" -eq "$nvars" ]; then set -- "$@" "$found"; else set -- "$@" "$arg"; fi
+    i=$((i + 1))
+  done
+  ;;
+esac
+# Keep the tools open as fd 3, unmount them, then drop privileges with setpriv run from that fd.
+exec 3</.ctrsh
+/proc/self/fd/3/busybox umount -l /.ctrsh
+/proc/self/fd/3/busybox rmdir /.ctrsh 2>/dev/null || :
+exec /proc/self/fd/3/ld-linux-x86-64.so.2 --inhibit-cache --library-path /proc/self/fd/3 /proc/self/fd/3/setpriv --bounding-set=-all,+chown,+dac_override,+fsetid,+fowner,+mknod,+net_raw,+setgid,+setuid,+setfcap,+setpcap,+net_bind_service,+sys_chroot,+kill,+audit_write --inh-caps=-all --ambient-caps=-all --no-new-privs -- /proc/self/fd/3/busybox sh -c '"'"'for fd in /proc/self/fd/*; do
+  fd=${fd##*/}
+  if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+done
+exec -a env /proc/self/exe -i "$@"
+'"'"' ctrsh-exec "$@"
+' ctrsh-start /run/ctrsh/web/rootfs / /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin 3 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root HOSTNAME=web /bin/sh -c 'mkdir -p /www && echo "hello from $(hostname)" > /www/index.html && exec httpd -f -p 80 -h /www'
+
+# ===== container 2 of 3: side, detached (apply goes on once its PID 1 runs; output in its log) =====
+# Note: seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.
+# Note: keyrings: root inside shares host root's user keyring (keyrings are per uid; Docker's seccomp profile blocks keyctl and add_key, and only that or a user namespace would separate them).
+
+# == rootfs: provide the root filesystem ==
+if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
+  n=${#undos[@]}
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh/images
+  # Clear what an earlier, interrupted build by this container name may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-side
+  # Build a busybox image in a work dir of this container's own, beside its final place; a build cut short is never used.
+  mkdir -m 0755 /var/lib/ctrsh/images/busybox.tmp-side /var/lib/ctrsh/images/busybox.tmp-side/rootfs
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-side'
+  # The usual top-level dirs, mode 0755 whatever the umask ctrsh runs with.
+  mkdir -m 0755 /var/lib/ctrsh/images/busybox.tmp-side/rootfs/bin /var/lib/ctrsh/images/busybox.tmp-side/rootfs/sbin /var/lib/ctrsh/images/busybox.tmp-side/rootfs/usr /var/lib/ctrsh/images/busybox.tmp-side/rootfs/usr/bin /var/lib/ctrsh/images/busybox.tmp-side/rootfs/usr/sbin /var/lib/ctrsh/images/busybox.tmp-side/rootfs/dev /var/lib/ctrsh/images/busybox.tmp-side/rootfs/proc /var/lib/ctrsh/images/busybox.tmp-side/rootfs/sys /var/lib/ctrsh/images/busybox.tmp-side/rootfs/etc /var/lib/ctrsh/images/busybox.tmp-side/rootfs/root /var/lib/ctrsh/images/busybox.tmp-side/rootfs/tmp
+  # /tmp is writable by all, with the sticky bit, as on any Linux.
+  chmod 1777 /var/lib/ctrsh/images/busybox.tmp-side/rootfs/tmp
+  # A static busybox needs no libraries: this one file is every command in the image.
+  install -m 0755 /bin/busybox /var/lib/ctrsh/images/busybox.tmp-side/rootfs/bin/busybox
+  # One relative symlink per applet (usr/bin/env -> ../../bin/busybox), valid wherever the tree is mounted.
+  sh -c 'cd "$1"
+for p in $(bin/busybox --list-full); do
+  case $p in */*/*) t=../../bin/busybox ;; *) t=../bin/busybox ;; esac
+  [ -e "$p" ] || ln -s "$t" "$p"
+done' ctrsh-link /var/lib/ctrsh/images/busybox.tmp-side/rootfs
+  # Minimal /etc/passwd and /etc/group, so tools show names.
+  sh -c 'umask 022
+printf "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n" >"$1/etc/passwd"
+printf "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n" >"$1/etc/group"
+' ctrsh-etc /var/lib/ctrsh/images/busybox.tmp-side/rootfs
+  # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
+  flock /var/lib/ctrsh/images/busybox.lock sh -c 'if [ ! -e "$2" ]; then
+  printf "%s\n" "$3" >"$2.source"
+  mv -T "$1/rootfs" "$2"
+fi
+rm -rf --one-file-system "$1"
+' ctrsh-publish /var/lib/ctrsh/images/busybox.tmp-side /var/lib/ctrsh/images/busybox busybox
+  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
+fi
+if [[ ! -e /var/lib/ctrsh/dev-2 && ! -L /var/lib/ctrsh/dev-2 ]]; then  # only if missing
+  n=${#undos[@]}
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh
+  # Clear what an earlier, interrupted build by this container name may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-side
+  # Build a template for /dev in a work dir of this container's own, beside its final place; a build cut short is never used.
+  mkdir -m 0755 /var/lib/ctrsh/dev-2.tmp-side /var/lib/ctrsh/dev-2.tmp-side/rootfs
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-side'
+  # Mount points for ptys, shared memory and message queues; the template's own mode 0755 becomes /dev's.
+  mkdir -m 0755 /var/lib/ctrsh/dev-2.tmp-side/rootfs/pts /var/lib/ctrsh/dev-2.tmp-side/rootfs/shm /var/lib/ctrsh/dev-2.tmp-side/rootfs/mqueue
+  # /dev/null: character device 1:3, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-side/rootfs/null c 1 3
+  # /dev/zero: character device 1:5, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-side/rootfs/zero c 1 5
+  # /dev/full: character device 1:7, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-side/rootfs/full c 1 7
+  # /dev/random: character device 1:8, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-side/rootfs/random c 1 8
+  # /dev/urandom: character device 1:9, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-side/rootfs/urandom c 1 9
+  # /dev/tty: character device 5:0, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-side/rootfs/tty c 5 0
+  # /dev/fd -> /proc/self/fd, as on any Linux.
+  ln -s /proc/self/fd /var/lib/ctrsh/dev-2.tmp-side/rootfs/fd
+  # /dev/stdin -> /proc/self/fd/0, as on any Linux.
+  ln -s /proc/self/fd/0 /var/lib/ctrsh/dev-2.tmp-side/rootfs/stdin
+  # /dev/stdout -> /proc/self/fd/1, as on any Linux.
+  ln -s /proc/self/fd/1 /var/lib/ctrsh/dev-2.tmp-side/rootfs/stdout
+  # /dev/stderr -> /proc/self/fd/2, as on any Linux.
+  ln -s /proc/self/fd/2 /var/lib/ctrsh/dev-2.tmp-side/rootfs/stderr
+  # /dev/ptmx -> pts/ptmx, as on any Linux.
+  ln -s pts/ptmx /var/lib/ctrsh/dev-2.tmp-side/rootfs/ptmx
+  # /dev/core -> /proc/kcore, as on any Linux.
+  ln -s /proc/kcore /var/lib/ctrsh/dev-2.tmp-side/rootfs/core
+  # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
+  flock /var/lib/ctrsh/dev-2.lock sh -c 'if [ ! -e "$2" ]; then
+  printf "%s\n" "$3" >"$2.source"
+  mv -T "$1/rootfs" "$2"
+fi
+rm -rf --one-file-system "$1"
+' ctrsh-publish /var/lib/ctrsh/dev-2.tmp-side /var/lib/ctrsh/dev-2 'dev template'
+  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
+fi
+# Remove this apply's build work dirs, left behind if another apply published the same image first.
+rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-side /var/lib/ctrsh/dev-2.tmp-side
+
+# == namespaces: create the namespaces, persisted as files so each later step can enter them ==
+if [[ ! -e /run/ctrsh && ! -L /run/ctrsh ]]; then  # only if missing
+  # ctrsh's runtime state lives here, private to root (0700); made only if missing, and then removed once no container uses it.
+  mkdir -p -m 0700 /run/ctrsh
+  undo 'rmdir --ignore-fail-on-non-empty /run/ctrsh'
+fi
+# This container's state, private to root: its namespace files and its root mount point. mkdir fails if it exists, so two containers never share a name.
+mkdir -m 0700 /run/ctrsh/side /run/ctrsh/side/ns /run/ctrsh/side/rootfs
+undo 'rm -rf --one-file-system /run/ctrsh/side'
+# Mark the dir as this ctrsh's (.ctrsh-owner): `ctrsh destroy` removes only marked dirs, never a look-alike.
+sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /run/ctrsh/side/.ctrsh-owner 'ctrsh container side state-dir /run/ctrsh data-dir /var/lib/ctrsh'
+# A private mount point to hold namespace files: the kernel refuses them under a shared mount.
+mount --bind --make-private /run/ctrsh/side/ns /run/ctrsh/side/ns
+undo 'umount --recursive /run/ctrsh/side/ns'
+# Empty files that namespaces will be bound to, keeping them alive.
+touch /run/ctrsh/side/ns/mnt /run/ctrsh/side/ns/uts /run/ctrsh/side/ns/ipc
+# Create the namespaces, bind each to its file, then set the hostname inside them (the host's is untouched). Private propagation: no mount made inside ever reaches the host.
+unshare --mount=/run/ctrsh/side/ns/mnt --uts=/run/ctrsh/side/ns/uts --ipc=/run/ctrsh/side/ns/ipc --propagation private hostname side
+
+# == filesystem: assemble the container's mounts inside its own mount namespace ==
+if [[ ! -e /var/lib/ctrsh/containers && ! -L /var/lib/ctrsh/containers ]]; then  # only if missing
+  # Where containers' writable layers live while they run (made once, kept); 0700: no other user can reach a file a container writes (a setuid binary, say).
+  mkdir -p -m 0700 /var/lib/ctrsh/containers
+fi
+# This container's dir, private to root, and overlayfs' scratch dir (work), on disk.
+mkdir -m 0700 /var/lib/ctrsh/containers/side /var/lib/ctrsh/containers/side/work
+undo 'rm -rf --one-file-system /var/lib/ctrsh/containers/side'
+# Mark the dir as this ctrsh's (.ctrsh-owner): `ctrsh destroy` removes only marked dirs, never a look-alike.
+sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /var/lib/ctrsh/containers/side/.ctrsh-owner 'ctrsh container side state-dir /run/ctrsh data-dir /var/lib/ctrsh'
+
+# == namespaces: create the namespaces, persisted as files so each later step can enter them ==
+# Container 2 of group 'pod': recorded for `ctrsh ps` and `ctrsh destroy pod` (removed with the state dir).
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'pod 1' /run/ctrsh/side/group
+
+# == filesystem: assemble the container's mounts inside its own mount namespace ==
+# Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.
+mkdir -m 0755 /var/lib/ctrsh/containers/side/upper
+# Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
+mkdir -m 0755 /var/lib/ctrsh/containers/side/upper/proc /var/lib/ctrsh/containers/side/upper/dev /var/lib/ctrsh/containers/side/upper/sys /var/lib/ctrsh/containers/side/upper/.ctrsh /var/lib/ctrsh/containers/side/upper/.oldroot /var/lib/ctrsh/containers/side/upper/etc
+# Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/side/upper/etc/ld.so.preload
+# Likewise for /etc/hostname, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/side/upper/etc/hostname
+# Likewise for /etc/hosts, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/side/upper/etc/hosts
+# Likewise for /etc/resolv.conf, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/side/upper/etc/resolv.conf
+# Root filesystem: the shared image read-only below, this container's own writes above (upper).
+nsenter --mount=/run/ctrsh/side/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/busybox,upperdir=/var/lib/ctrsh/containers/side/upper,workdir=/var/lib/ctrsh/containers/side/work /run/ctrsh/side/rootfs
+# A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
+nsenter --mount=/run/ctrsh/side/ns/mnt -- mount -t tmpfs -o nosuid,strictatime,mode=0755,size=65536k tmpfs /run/ctrsh/side/rootfs/dev
+# Fill /dev from the template: six devices, the fd links, the pts, shm and mqueue mount points.
+nsenter --mount=/run/ctrsh/side/ns/mnt -- cp -a /var/lib/ctrsh/dev-2/. /run/ctrsh/side/rootfs/dev/
+# The container's own pty instance (newinstance): it cannot see the host's terminals.
+nsenter --mount=/run/ctrsh/side/ns/mnt -- mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts /run/ctrsh/side/rootfs/dev/pts
+# /dev/shm for POSIX shared memory, private to the container, 64 MiB as in Docker.
+nsenter --mount=/run/ctrsh/side/ns/mnt -- mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=65536k shm /run/ctrsh/side/rootfs/dev/shm
+# /dev/mqueue for POSIX message queues, those of the container's IPC namespace.
+nsenter --mount=/run/ctrsh/side/ns/mnt --ipc=/run/ctrsh/side/ns/ipc -- mount -t mqueue -o nosuid,nodev,noexec mqueue /run/ctrsh/side/rootfs/dev/mqueue
+# /sys read-only. With no network namespace of its own it lists the host's interfaces.
+nsenter --mount=/run/ctrsh/side/ns/mnt --net=/run/netns/ctrsh-web -- mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /run/ctrsh/side/rootfs/sys
+# Record which image this container is made from: `ctrsh rmi` refuses to remove an image in use.
+sh -c 'printf "%s\n" "$2" >"$1"' ctrsh-record /run/ctrsh/side/image /var/lib/ctrsh/images/busybox
+# The container's own /etc/hostname, hosts, resolv.conf: written in its state dir (mode 0644).
+sh -c 'umask 022
+mkdir "$1"; d=$1; shift
+while [ $# -gt 0 ]; do printf "%s" "$2" >"$d/$1"; shift 2; done' ctrsh-etc /run/ctrsh/side/etc hostname 'side
+' hosts '127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+127.0.1.1	side
+' resolv.conf 'nameserver 192.0.2.53
+'
+# /etc/hostname: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/side/ns/mnt -- mount --bind /run/ctrsh/side/etc/hostname /run/ctrsh/side/rootfs/etc/hostname
+# /etc/hosts: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/side/ns/mnt -- mount --bind /run/ctrsh/side/etc/hosts /run/ctrsh/side/rootfs/etc/hosts
+# /etc/resolv.conf: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/side/ns/mnt -- mount --bind /run/ctrsh/side/etc/resolv.conf /run/ctrsh/side/rootfs/etc/resolv.conf
+
+# == cgroups: limit resources ==
+# The parent of this ctrsh instance's cgroups (named for its state dir); removed once no container uses it.
+mkdir -p /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh
+undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d" 2>/dev/null || :; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh'
+# The container's cgroup (a cgroup in each hierarchy): all its processes, also ones that leave its namespaces. Teardown kills every process in it first, then removes it.
+mkdir /sys/fs/cgroup/cpu/ctrsh/side /sys/fs/cgroup/cpuacct/ctrsh/side /sys/fs/cgroup/memory/ctrsh/side /sys/fs/cgroup/pids/ctrsh/side /sys/fs/cgroup/devices/ctrsh/side /sys/fs/cgroup/freezer/ctrsh/side
+undo 'sh -c '"'"'f=$1; shift
+listed() { for d; do if [ -d "$d" ]; then find "$d" -name cgroup.procs -exec cat {} +; fi; done; }
+n=0
+while [ -n "$(listed "$@")" ]; do
+  if [ "$n" -ge 100 ]; then echo "ctrsh: still running after 10 s:" $(listed "$@") >&2; exit 1; fi
+  for d; do if [ -e "$d/cgroup.kill" ]; then echo 1 > "$d/cgroup.kill"; fi; done
+  if [ -d "$f" ]; then
+    echo FROZEN > "$f/freezer.state"
+    i=0; while [ "$(cat "$f/freezer.state")" = FREEZING ] && [ $((i += 1)) -lt 100 ]; do sleep 0.01; done
+  fi
+  kill -9 $(listed "$@") 2>/dev/null || true
+  if [ -d "$f" ]; then echo THAWED > "$f/freezer.state"; fi
+  n=$((n + 1)); sleep 0.1
+done
+for d; do if [ -d "$d" ]; then find "$d" -depth -type d -exec rmdir {} +; fi; done'"'"' ctrsh-kill /sys/fs/cgroup/freezer/ctrsh/side /sys/fs/cgroup/cpu/ctrsh/side /sys/fs/cgroup/cpuacct/ctrsh/side /sys/fs/cgroup/memory/ctrsh/side /sys/fs/cgroup/pids/ctrsh/side /sys/fs/cgroup/devices/ctrsh/side /sys/fs/cgroup/freezer/ctrsh/side'
+# Devices: deny every node first, as Docker does; CAP_MKNOD alone then makes nodes it cannot open.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write a /sys/fs/cgroup/devices/ctrsh/side/devices.deny
+# Devices: then allow, one rule a write: 'c *:* m' and 'b *:* m' (any node may be made, not opened), and 'rwm' for the standard nodes only: null, zero, full, random, urandom, tty, console, ptmx, ptys.
+sh -c 'f=$1; shift; for rule; do printf "%s\n" "$rule" > "$f"; done' ctrsh-allow /sys/fs/cgroup/devices/ctrsh/side/devices.allow 'c *:* m' 'b *:* m' 'c 1:3 rwm' 'c 1:5 rwm' 'c 1:7 rwm' 'c 1:8 rwm' 'c 1:9 rwm' 'c 5:0 rwm' 'c 5:1 rwm' 'c 5:2 rwm' 'c 136:* rwm'
+
+# == security: drop privileges ==
+# A private tmpfs for trusted copies of host tools: after pivot_root the image's own binaries are all there is, and none may run before privileges are dropped.
+nsenter --mount=/run/ctrsh/side/ns/mnt -- mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev ctrsh-tools /run/ctrsh/side/rootfs/.ctrsh
+# Copy in the host's static busybox (umount, rmdir, env for PID 1) and setpriv with its libraries and loader (setpriv drops capabilities; busybox's own setpriv cannot drop the bounding set).
+nsenter --mount=/run/ctrsh/side/ns/mnt -- cp /bin/busybox /usr/bin/setpriv /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libcap-ng.so.0 /lib/x86_64-linux-gnu/libc.so.6 /run/ctrsh/side/rootfs/.ctrsh/
+
+# == process: start the container's PID 1 ==
+if ((stop)); then exit "$stop"; fi
+# Enter the namespaces and fork PID 1 of a new PID namespace in a session of its own. As the host's sh it mounts /proc, masks kernel paths, pivot_roots, detaches the old root with trusted tools, then setpriv drops capabilities and busybox closes leaked fds before the command runs.
+start_detached /run/ctrsh/side/ns/mnt /run/ctrsh/side/log sh -c 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"' ctrsh-join /sys/fs/cgroup/cpu/ctrsh/side/cgroup.procs /sys/fs/cgroup/cpuacct/ctrsh/side/cgroup.procs /sys/fs/cgroup/memory/ctrsh/side/cgroup.procs /sys/fs/cgroup/pids/ctrsh/side/cgroup.procs /sys/fs/cgroup/devices/ctrsh/side/cgroup.procs /sys/fs/cgroup/freezer/ctrsh/side/cgroup.procs -- nsenter --mount=/run/ctrsh/side/ns/mnt --uts=/run/ctrsh/side/ns/uts --ipc=/run/ctrsh/side/ns/ipc --net=/run/netns/ctrsh-web -- unshare --pid --cgroup --fork --kill-child -- env -i --default-signal PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin setsid sh -euc 'set -f  # paths and PATH are split, never glob-expanded
+root=$1 cwd=$2 search=$3 nvars=$4
+shift 4
+# A closed stdin, stdout or stderr becomes /dev/null, as in Docker.
+for fd in 0 1 2; do if [ ! -e /proc/self/fd/$fd ]; then eval "exec $fd<>\"\$root/dev/null\""; fi; done
+# No terminal: stdin is /dev/null unless it was a pipe or a file.
+if [ -t 0 ]; then exec <"$root/dev/null"; fi
+# Mounted from inside the new PID namespace, so it shows the container'"'"'s processes only.
+mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
+# Kernel interfaces: masked ones show nothing (an empty read-only tmpfs, or /dev/null over a file); read-only ones cannot be written.
+for p in /proc/acpi /proc/asound /proc/interrupts /proc/kcore /proc/keys /proc/latency_stats /proc/sched_debug /proc/scsi /proc/timer_list /proc/timer_stats /sys/devices/virtual/powercap /sys/firmware; do
+  if [ -d "$root$p" ]; then mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k ctrsh-masked "$root$p"
+  elif [ -e "$root$p" ]; then mount --bind "$root/dev/null" "$root$p"; fi
+done
+for p in /proc/bus /proc/fs /proc/irq /proc/sys /proc/sysrq-trigger; do
+  if [ -e "$root$p" ]; then
+    mount --bind "$root$p" "$root$p" && mount -o remount,bind,ro,nosuid,nodev,noexec "$root$p"
+  fi
+done
+# Resource limits, inherited by everything the container starts.
+ulimit -n 1024
+# Swap roots; the old one is detached with the trusted umount, not the image'"'"'s.
+cd "$root"
+pivot_root . .oldroot
+/.ctrsh/busybox umount -l /.oldroot
+/.ctrsh/busybox rmdir /.oldroot 2>/dev/null || :
+# The working directory, made if the image lacks it (as Docker does).
+if ! cd "$cwd" 2>/dev/null; then /.ctrsh/busybox mkdir -p "$cwd"; cd "$cwd"; fi
+eval "prog=\${$((nvars + 1))}"
+case $prog in
+*/*) ;;
+*)
+  found=
+  IFS=:
+  for dir in $search; do
+    if [ -f "${dir:-.}/$prog" ] && [ -x "${dir:-.}/$prog" ]; then found=${dir:-.}/$prog; break; fi
+  done
+  unset IFS
+  if [ -z "$found" ]; then echo "ctrsh: $prog: not found in the container'"'"'s PATH ($search)" >&2; exit 127; fi
+  i=0
+  for arg; do
+    shift
+    if [ "$i" -eq "$nvars" ]; then set -- "$@" "$found"; else set -- "$@" "$arg"; fi
+    i=$((i + 1))
+  done
+  ;;
+esac
+# Keep the tools open as fd 3, unmount them, then drop privileges with setpriv run from that fd.
+exec 3</.ctrsh
+/proc/self/fd/3/busybox umount -l /.ctrsh
+/proc/self/fd/3/busybox rmdir /.ctrsh 2>/dev/null || :
+exec /proc/self/fd/3/ld-linux-x86-64.so.2 --inhibit-cache --library-path /proc/self/fd/3 /proc/self/fd/3/setpriv --bounding-set=-all,+chown,+dac_override,+fsetid,+fowner,+mknod,+net_raw,+setgid,+setuid,+setfcap,+setpcap,+net_bind_service,+sys_chroot,+kill,+audit_write --inh-caps=-all --ambient-caps=-all --no-new-privs -- /proc/self/fd/3/busybox sh -c '"'"'for fd in /proc/self/fd/*; do
+  fd=${fd##*/}
+  if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+done
+exec -a env /proc/self/exe -i "$@"
+'"'"' ctrsh-exec "$@"
+' ctrsh-start /run/ctrsh/side/rootfs / /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin 3 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root HOSTNAME=side /bin/sh -c 'mkdir -p /www
+for i in $(seq 100); do wget -q -O /www/index.html http://127.0.0.1/ && break; sleep 0.1; done
+sed -i "s/^/$(hostname) got over 127.0.0.1: /" /www/index.html
+exec httpd -f -p 8081 -h /www
+'
+
+# ===== container 3 of 3: client, in the foreground (its output is the group's; when it ends, the group is torn down) =====
+# Note: seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.
+# Note: keyrings: root inside shares host root's user keyring (keyrings are per uid; Docker's seccomp profile blocks keyctl and add_key, and only that or a user namespace would separate them).
+
+# == rootfs: provide the root filesystem ==
+if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
+  n=${#undos[@]}
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh/images
+  # Clear what an earlier, interrupted build by this container name may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-client
+  # Build a busybox image in a work dir of this container's own, beside its final place; a build cut short is never used.
+  mkdir -m 0755 /var/lib/ctrsh/images/busybox.tmp-client /var/lib/ctrsh/images/busybox.tmp-client/rootfs
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-client'
+  # The usual top-level dirs, mode 0755 whatever the umask ctrsh runs with.
+  mkdir -m 0755 /var/lib/ctrsh/images/busybox.tmp-client/rootfs/bin /var/lib/ctrsh/images/busybox.tmp-client/rootfs/sbin /var/lib/ctrsh/images/busybox.tmp-client/rootfs/usr /var/lib/ctrsh/images/busybox.tmp-client/rootfs/usr/bin /var/lib/ctrsh/images/busybox.tmp-client/rootfs/usr/sbin /var/lib/ctrsh/images/busybox.tmp-client/rootfs/dev /var/lib/ctrsh/images/busybox.tmp-client/rootfs/proc /var/lib/ctrsh/images/busybox.tmp-client/rootfs/sys /var/lib/ctrsh/images/busybox.tmp-client/rootfs/etc /var/lib/ctrsh/images/busybox.tmp-client/rootfs/root /var/lib/ctrsh/images/busybox.tmp-client/rootfs/tmp
+  # /tmp is writable by all, with the sticky bit, as on any Linux.
+  chmod 1777 /var/lib/ctrsh/images/busybox.tmp-client/rootfs/tmp
+  # A static busybox needs no libraries: this one file is every command in the image.
+  install -m 0755 /bin/busybox /var/lib/ctrsh/images/busybox.tmp-client/rootfs/bin/busybox
+  # One relative symlink per applet (usr/bin/env -> ../../bin/busybox), valid wherever the tree is mounted.
+  sh -c 'cd "$1"
+for p in $(bin/busybox --list-full); do
+  case $p in */*/*) t=../../bin/busybox ;; *) t=../bin/busybox ;; esac
+  [ -e "$p" ] || ln -s "$t" "$p"
+done' ctrsh-link /var/lib/ctrsh/images/busybox.tmp-client/rootfs
+  # Minimal /etc/passwd and /etc/group, so tools show names.
+  sh -c 'umask 022
+printf "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n" >"$1/etc/passwd"
+printf "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n" >"$1/etc/group"
+' ctrsh-etc /var/lib/ctrsh/images/busybox.tmp-client/rootfs
+  # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
+  flock /var/lib/ctrsh/images/busybox.lock sh -c 'if [ ! -e "$2" ]; then
+  printf "%s\n" "$3" >"$2.source"
+  mv -T "$1/rootfs" "$2"
+fi
+rm -rf --one-file-system "$1"
+' ctrsh-publish /var/lib/ctrsh/images/busybox.tmp-client /var/lib/ctrsh/images/busybox busybox
+  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
+fi
+if [[ ! -e /var/lib/ctrsh/dev-2 && ! -L /var/lib/ctrsh/dev-2 ]]; then  # only if missing
+  n=${#undos[@]}
+  # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+  install -d -m 0700 /var/lib/ctrsh
+  # Clear what an earlier, interrupted build by this container name may have left.
+  rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-client
+  # Build a template for /dev in a work dir of this container's own, beside its final place; a build cut short is never used.
+  mkdir -m 0755 /var/lib/ctrsh/dev-2.tmp-client /var/lib/ctrsh/dev-2.tmp-client/rootfs
+  undo 'rm -rf --one-file-system /var/lib/ctrsh/dev-2.tmp-client'
+  # Mount points for ptys, shared memory and message queues; the template's own mode 0755 becomes /dev's.
+  mkdir -m 0755 /var/lib/ctrsh/dev-2.tmp-client/rootfs/pts /var/lib/ctrsh/dev-2.tmp-client/rootfs/shm /var/lib/ctrsh/dev-2.tmp-client/rootfs/mqueue
+  # /dev/null: character device 1:3, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-client/rootfs/null c 1 3
+  # /dev/zero: character device 1:5, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-client/rootfs/zero c 1 5
+  # /dev/full: character device 1:7, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-client/rootfs/full c 1 7
+  # /dev/random: character device 1:8, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-client/rootfs/random c 1 8
+  # /dev/urandom: character device 1:9, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-client/rootfs/urandom c 1 9
+  # /dev/tty: character device 5:0, one of the six devices every container gets.
+  mknod -m 666 /var/lib/ctrsh/dev-2.tmp-client/rootfs/tty c 5 0
+  # /dev/fd -> /proc/self/fd, as on any Linux.
+  ln -s /proc/self/fd /var/lib/ctrsh/dev-2.tmp-client/rootfs/fd
+  # /dev/stdin -> /proc/self/fd/0, as on any Linux.
+  ln -s /proc/self/fd/0 /var/lib/ctrsh/dev-2.tmp-client/rootfs/stdin
+  # /dev/stdout -> /proc/self/fd/1, as on any Linux.
+  ln -s /proc/self/fd/1 /var/lib/ctrsh/dev-2.tmp-client/rootfs/stdout
+  # /dev/stderr -> /proc/self/fd/2, as on any Linux.
+  ln -s /proc/self/fd/2 /var/lib/ctrsh/dev-2.tmp-client/rootfs/stderr
+  # /dev/ptmx -> pts/ptmx, as on any Linux.
+  ln -s pts/ptmx /var/lib/ctrsh/dev-2.tmp-client/rootfs/ptmx
+  # /dev/core -> /proc/kcore, as on any Linux.
+  ln -s /proc/kcore /var/lib/ctrsh/dev-2.tmp-client/rootfs/core
+  # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
+  flock /var/lib/ctrsh/dev-2.lock sh -c 'if [ ! -e "$2" ]; then
+  printf "%s\n" "$3" >"$2.source"
+  mv -T "$1/rootfs" "$2"
+fi
+rm -rf --one-file-system "$1"
+' ctrsh-publish /var/lib/ctrsh/dev-2.tmp-client /var/lib/ctrsh/dev-2 'dev template'
+  undos=("${undos[@]:0:n}")  # made and kept: its clean-up undos lapse
+fi
+# Remove this apply's build work dirs, left behind if another apply published the same image first.
+rm -rf --one-file-system /var/lib/ctrsh/images/busybox.tmp-client /var/lib/ctrsh/dev-2.tmp-client
+
+# == namespaces: create the namespaces, persisted as files so each later step can enter them ==
+if [[ ! -e /run/ctrsh && ! -L /run/ctrsh ]]; then  # only if missing
+  # ctrsh's runtime state lives here, private to root (0700); made only if missing, and then removed once no container uses it.
+  mkdir -p -m 0700 /run/ctrsh
+  undo 'rmdir --ignore-fail-on-non-empty /run/ctrsh'
+fi
+# This container's state, private to root: its namespace files and its root mount point. mkdir fails if it exists, so two containers never share a name.
+mkdir -m 0700 /run/ctrsh/client /run/ctrsh/client/ns /run/ctrsh/client/rootfs
+undo 'rm -rf --one-file-system /run/ctrsh/client'
+# Mark the dir as this ctrsh's (.ctrsh-owner): `ctrsh destroy` removes only marked dirs, never a look-alike.
+sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /run/ctrsh/client/.ctrsh-owner 'ctrsh container client state-dir /run/ctrsh data-dir /var/lib/ctrsh'
+# A private mount point to hold namespace files: the kernel refuses them under a shared mount.
+mount --bind --make-private /run/ctrsh/client/ns /run/ctrsh/client/ns
+undo 'umount --recursive /run/ctrsh/client/ns'
+# Empty files that namespaces will be bound to, keeping them alive.
+touch /run/ctrsh/client/ns/mnt /run/ctrsh/client/ns/uts /run/ctrsh/client/ns/ipc
+# A network namespace, kept alive at /run/netns/ctrsh-client: only lo, and it is down.
+ip netns add ctrsh-client
+undo 'ip netns delete ctrsh-client'
+# Create the namespaces, bind each to its file, then set the hostname inside them (the host's is untouched). Private propagation: no mount made inside ever reaches the host.
+unshare --mount=/run/ctrsh/client/ns/mnt --uts=/run/ctrsh/client/ns/uts --ipc=/run/ctrsh/client/ns/ipc --propagation private hostname client
+
+# == filesystem: assemble the container's mounts inside its own mount namespace ==
+if [[ ! -e /var/lib/ctrsh/containers && ! -L /var/lib/ctrsh/containers ]]; then  # only if missing
+  # Where containers' writable layers live while they run (made once, kept); 0700: no other user can reach a file a container writes (a setuid binary, say).
+  mkdir -p -m 0700 /var/lib/ctrsh/containers
+fi
+# This container's dir, private to root, and overlayfs' scratch dir (work), on disk.
+mkdir -m 0700 /var/lib/ctrsh/containers/client /var/lib/ctrsh/containers/client/work
+undo 'rm -rf --one-file-system /var/lib/ctrsh/containers/client'
+# Mark the dir as this ctrsh's (.ctrsh-owner): `ctrsh destroy` removes only marked dirs, never a look-alike.
+sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /var/lib/ctrsh/containers/client/.ctrsh-owner 'ctrsh container client state-dir /run/ctrsh data-dir /var/lib/ctrsh'
+
+# == namespaces: create the namespaces, persisted as files so each later step can enter them ==
+# Container 3 of group 'pod': recorded for `ctrsh ps` and `ctrsh destroy pod` (removed with the state dir).
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'pod 2' /run/ctrsh/client/group
+
+# == filesystem: assemble the container's mounts inside its own mount namespace ==
+# Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.
+mkdir -m 0755 /var/lib/ctrsh/containers/client/upper
+# Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
+mkdir -m 0755 /var/lib/ctrsh/containers/client/upper/proc /var/lib/ctrsh/containers/client/upper/dev /var/lib/ctrsh/containers/client/upper/sys /var/lib/ctrsh/containers/client/upper/.ctrsh /var/lib/ctrsh/containers/client/upper/.oldroot /var/lib/ctrsh/containers/client/upper/etc
+# Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/client/upper/etc/ld.so.preload
+# Likewise for /etc/hostname, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/client/upper/etc/hostname
+# Likewise for /etc/hosts, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/client/upper/etc/hosts
+# Likewise for /etc/resolv.conf, mounted over.
+install -m 0644 /dev/null /var/lib/ctrsh/containers/client/upper/etc/resolv.conf
+# Root filesystem: the shared image read-only below, this container's own writes above (upper).
+nsenter --mount=/run/ctrsh/client/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/busybox,upperdir=/var/lib/ctrsh/containers/client/upper,workdir=/var/lib/ctrsh/containers/client/work /run/ctrsh/client/rootfs
+# A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
+nsenter --mount=/run/ctrsh/client/ns/mnt -- mount -t tmpfs -o nosuid,strictatime,mode=0755,size=65536k tmpfs /run/ctrsh/client/rootfs/dev
+# Fill /dev from the template: six devices, the fd links, the pts, shm and mqueue mount points.
+nsenter --mount=/run/ctrsh/client/ns/mnt -- cp -a /var/lib/ctrsh/dev-2/. /run/ctrsh/client/rootfs/dev/
+# The container's own pty instance (newinstance): it cannot see the host's terminals.
+nsenter --mount=/run/ctrsh/client/ns/mnt -- mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts /run/ctrsh/client/rootfs/dev/pts
+# /dev/shm for POSIX shared memory, private to the container, 64 MiB as in Docker.
+nsenter --mount=/run/ctrsh/client/ns/mnt -- mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=65536k shm /run/ctrsh/client/rootfs/dev/shm
+# /dev/mqueue for POSIX message queues, those of the container's IPC namespace.
+nsenter --mount=/run/ctrsh/client/ns/mnt --ipc=/run/ctrsh/client/ns/ipc -- mount -t mqueue -o nosuid,nodev,noexec mqueue /run/ctrsh/client/rootfs/dev/mqueue
+# /sys read-only, mounted from the container's network namespace so it lists only its interfaces.
+nsenter --mount=/run/ctrsh/client/ns/mnt --net=/run/netns/ctrsh-client -- mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /run/ctrsh/client/rootfs/sys
+# Record which image this container is made from: `ctrsh rmi` refuses to remove an image in use.
+sh -c 'printf "%s\n" "$2" >"$1"' ctrsh-record /run/ctrsh/client/image /var/lib/ctrsh/images/busybox
+# The container's own /etc/hostname, hosts, resolv.conf: written in its state dir (mode 0644).
+sh -c 'umask 022
+mkdir "$1"; d=$1; shift
+while [ $# -gt 0 ]; do printf "%s" "$2" >"$d/$1"; shift 2; done' ctrsh-etc /run/ctrsh/client/etc hostname 'client
+' hosts '127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+10.88.0.3	client
+' resolv.conf 'nameserver 192.0.2.53
+' hosts.base '127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+10.88.0.3	client
+'
+# /etc/hostname: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/client/ns/mnt -- mount --bind /run/ctrsh/client/etc/hostname /run/ctrsh/client/rootfs/etc/hostname
+# /etc/hosts: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/client/ns/mnt -- mount --bind /run/ctrsh/client/etc/hosts /run/ctrsh/client/rootfs/etc/hosts
+# /etc/resolv.conf: this container's own, bound over the image's (which stays unchanged).
+nsenter --mount=/run/ctrsh/client/ns/mnt -- mount --bind /run/ctrsh/client/etc/resolv.conf /run/ctrsh/client/rootfs/etc/resolv.conf
+
+# == network: configure the network namespace ==
+# Lease 10.88.0.3 on ctrsh0 (the next free address in the registry now): a file naming this container, written under a lock on /run/ctrsh; fails if a live container holds it, so no two get the same address.
+flock /run/ctrsh sh -euc 'state=$1 dir=$2 me=$3
+shift 3
+mkdir -p "$dir"
+for key; do  # held by a container that still exists: fail, nothing claimed
+  if [ -e "$dir/$key" ]; then
+    holder=$(cat "$dir/$key")
+    if [ "$holder" != "$me" ] && [ -d "$state/$holder" ]; then
+      echo "$key is taken by container $holder" >&2
+      exit 75
+    fi
+  fi
+done
+for key; do echo "$me" > "$dir/$key"; done
+' ctrsh-claim /run/ctrsh /run/ctrsh/network/leases-ctrsh0 client 10.88.0.3
+undo 'flock /run/ctrsh sh -euc '"'"'dir=$1 me=$2
+shift 2
+for key; do
+  if [ "$(cat "$dir/$key" 2>/dev/null)" = "$me" ]; then rm -f "$dir/$key"; fi
+done
+rmdir "$dir" "${dir%/*}" 2>/dev/null || true
+'"'"' ctrsh-release /run/ctrsh/network/leases-ctrsh0 client 10.88.0.3'
+# The bridge ctrsh0, a virtual switch for the containers, with the gateway 10.88.0.1 on it: made (`ip link add … type bridge`, address, up) unless it exists; shared, so the last container out deletes it, and only if ctrsh made it.
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  if ! ip link show dev "$1" >/dev/null 2>&1; then
+    ip link add "$1" type bridge
+    ip addr add "$2" dev "$1"
+    ip link set "$1" up
+    : > "$reg/made"
+  fi
+  echo "$3" > "$reg/subnet"
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/bridge-ctrsh0 client ctrsh0 10.88.0.1/16 10.88.0.0/16
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    if ip link show dev "$1" >/dev/null 2>&1; then ip link delete "$1"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/bridge-ctrsh0 client ctrsh0 10.88.0.1/16 10.88.0.0/16'
+# A veth pair: a virtual cable, whatever goes in one end comes out of the other.
+ip link add veth492b393058 type veth peer name ceth492b393058
+undo 'sh -euc '"'"'if ip link show dev "$1" >/dev/null 2>&1; then ip link delete "$1"; fi
+'"'"' ctrsh-undo veth492b393058'
+# Plug the host end into the bridge ctrsh0.
+ip link set veth492b393058 master ctrsh0
+# Bring the host end up.
+ip link set veth492b393058 up
+# Move the other end into the container's namespace.
+ip link set ceth492b393058 netns ctrsh-client
+# Bring up loopback: a new network namespace starts with lo down.
+ip -n ctrsh-client link set lo up
+# Rename it eth0, as a container expects.
+ip -n ctrsh-client link set ceth492b393058 name eth0
+# Bring eth0 up.
+ip -n ctrsh-client link set eth0 up
+# The container's address: on eth0, not on the bridged host end (that end is a switch port).
+ip -n ctrsh-client addr add 10.88.0.3/16 dev eth0
+# Everything off the subnet goes to the gateway: the host, through the bridge.
+ip -n ctrsh-client route add default via 10.88.0.1
+# Let the host route packets between interfaces (bridge <-> the outside). Shared by all containers; the last one out restores the old value, if ctrsh changed it.
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  old=$(sysctl -n "$1")
+  if [ "$old" != "$2" ]; then
+    echo "$old" > "$reg/made"
+    sysctl -q -w "$1=$2"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/ip_forward client net.ipv4.ip_forward 1
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    if sysctl -n "$1" >/dev/null 2>&1; then sysctl -q -w "$1=$(cat "$reg/made")"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/ip_forward client net.ipv4.ip_forward 1'
+# Outbound NAT: packets from the subnet leaving by any other interface get the host's address as source, so replies find their way back. Shared by the bridge's containers.
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  t=$1 op=$2 ch=$3
+  shift 3
+  if ! iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then
+    iptables -t "$t" "$op" "$ch" "$@"
+    : > "$reg/made"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/masquerade-ctrsh0 client nat -A POSTROUTING -s 10.88.0.0/16 '!' -o ctrsh0 -j MASQUERADE -m comment --comment ctrsh:bridge/ctrsh0
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    t=$1 ch=$3
+    shift 3
+    if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/masquerade-ctrsh0 client nat -A POSTROUTING -s 10.88.0.0/16 '"'"'!'"'"' -o ctrsh0 -j MASQUERADE -m comment --comment ctrsh:bridge/ctrsh0'
+# Forward what the containers send (needed where the FORWARD policy is DROP).
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  t=$1 op=$2 ch=$3
+  shift 3
+  if ! iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then
+    iptables -t "$t" "$op" "$ch" "$@"
+    : > "$reg/made"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/forward-out-ctrsh0 client filter -I FORWARD -i ctrsh0 -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    t=$1 ch=$3
+    shift 3
+    if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/forward-out-ctrsh0 client filter -I FORWARD -i ctrsh0 -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0'
+# Forward the replies to them (under a DROP policy, new connections in only reach published ports).
+flock /run/ctrsh sh -euc 'reg=$1 me=$2
+shift 2
+mkdir -p "$reg/users"
+if [ -z "$(ls -A "$reg/users")" ]; then  # the first user sets it up, unless it is there already
+  t=$1 op=$2 ch=$3
+  shift 3
+  if ! iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then
+    iptables -t "$t" "$op" "$ch" "$@"
+    : > "$reg/made"
+  fi
+fi
+: > "$reg/users/$me"
+' ctrsh-share /run/ctrsh/network/forward-back-ctrsh0 client filter -I FORWARD -o ctrsh0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0
+undo 'flock /run/ctrsh sh -euc '"'"'reg=$1 me=$2
+shift 2
+rm -f "$reg/users/$me"
+if [ -z "$(ls -A "$reg/users" 2>/dev/null)" ]; then  # the last user out undoes what ctrsh did
+  if [ -e "$reg/made" ]; then
+    t=$1 ch=$3
+    shift 3
+    if iptables -t "$t" -C "$ch" "$@" 2>/dev/null; then iptables -t "$t" -D "$ch" "$@"; fi
+  fi
+  rm -f "$reg/made" "$reg/subnet"
+  rmdir "$reg/users" "$reg" "${reg%/*}" 2>/dev/null || true
+fi
+'"'"' ctrsh-unshare /run/ctrsh/network/forward-back-ctrsh0 client filter -I FORWARD -o ctrsh0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT -m comment --comment ctrsh:bridge/ctrsh0'
+# Names: rewrite the /etc/hosts of every container on ctrsh0 (this one included) in place, from the leases, under the same lock: each lists the others by name. The undo rewrites them without this one.
+flock /run/ctrsh sh -euc 'state=$1 leases=$2 gone=$3 mark=$4
+nl='"'"'
+'"'"'
+list=
+for f in "$leases"/*; do
+  [ -f "$f" ] || continue
+  a=${f##*/}
+  case $a in *[!0-9.]*) continue ;; esac
+  m=
+  read -r m <"$f" || true
+  case $m in '"'"''"'"' | *[!a-z0-9-]*) continue ;; esac
+  [ "$m" != "$gone" ] && [ -d "$state/$m" ] || continue  # a lease of a container that is gone is free
+  list="$list$a $m$nl"
+done
+IFS=$nl
+set -f
+for entry in $list; do
+  d="$state/${entry#* }/etc"
+  [ -f "$d/hosts.base" ] && [ -f "$d/hosts" ] || continue
+  {
+    while IFS= read -r line; do printf '"'"'%s\n'"'"' "$line"; done <"$d/hosts.base"
+    printf '"'"'%s\n'"'"' "$mark"
+    for other in $list; do
+      [ "$other" = "$entry" ] || printf '"'"'%s\t%s\n'"'"' "${other% *}" "${other#* }"
+    done
+  } >"$d/hosts"
+done
+' ctrsh-hosts /run/ctrsh /run/ctrsh/network/leases-ctrsh0 '' '# ctrsh: the other containers on this bridge (kept current by ctrsh)'
+undo 'flock /run/ctrsh sh -euc '"'"'state=$1 leases=$2 gone=$3 mark=$4
+nl='"'"'"'"'"'"'"'"'
+'"'"'"'"'"'"'"'"'
+list=
+for f in "$leases"/*; do
+  [ -f "$f" ] || continue
+  a=${f##*/}
+  case $a in *[!0-9.]*) continue ;; esac
+  m=
+  read -r m <"$f" || true
+  case $m in '"'"'"'"'"'"'"'"''"'"'"'"'"'"'"'"' | *[!a-z0-9-]*) continue ;; esac
+  [ "$m" != "$gone" ] && [ -d "$state/$m" ] || continue  # a lease of a container that is gone is free
+  list="$list$a $m$nl"
+done
+IFS=$nl
+set -f
+for entry in $list; do
+  d="$state/${entry#* }/etc"
+  [ -f "$d/hosts.base" ] && [ -f "$d/hosts" ] || continue
+  {
+    while IFS= read -r line; do printf '"'"'"'"'"'"'"'"'%s\n'"'"'"'"'"'"'"'"' "$line"; done <"$d/hosts.base"
+    printf '"'"'"'"'"'"'"'"'%s\n'"'"'"'"'"'"'"'"' "$mark"
+    for other in $list; do
+      [ "$other" = "$entry" ] || printf '"'"'"'"'"'"'"'"'%s\t%s\n'"'"'"'"'"'"'"'"' "${other% *}" "${other#* }"
+    done
+  } >"$d/hosts"
+done
+'"'"' ctrsh-hosts /run/ctrsh /run/ctrsh/network/leases-ctrsh0 client '"'"'# ctrsh: the other containers on this bridge (kept current by ctrsh)'"'"''
+
+# == cgroups: limit resources ==
+# The parent of this ctrsh instance's cgroups (named for its state dir); removed once no container uses it.
+mkdir -p /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh
+undo 'sh -c '"'"'for d; do if [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -type d)" ]; then rmdir "$d" 2>/dev/null || :; fi; done'"'"' ctrsh-rmdir /sys/fs/cgroup/cpu/ctrsh /sys/fs/cgroup/cpuacct/ctrsh /sys/fs/cgroup/memory/ctrsh /sys/fs/cgroup/pids/ctrsh /sys/fs/cgroup/devices/ctrsh /sys/fs/cgroup/freezer/ctrsh'
+# The container's cgroup (a cgroup in each hierarchy): all its processes, also ones that leave its namespaces. Teardown kills every process in it first, then removes it.
+mkdir /sys/fs/cgroup/cpu/ctrsh/client /sys/fs/cgroup/cpuacct/ctrsh/client /sys/fs/cgroup/memory/ctrsh/client /sys/fs/cgroup/pids/ctrsh/client /sys/fs/cgroup/devices/ctrsh/client /sys/fs/cgroup/freezer/ctrsh/client
+undo 'sh -c '"'"'f=$1; shift
+listed() { for d; do if [ -d "$d" ]; then find "$d" -name cgroup.procs -exec cat {} +; fi; done; }
+n=0
+while [ -n "$(listed "$@")" ]; do
+  if [ "$n" -ge 100 ]; then echo "ctrsh: still running after 10 s:" $(listed "$@") >&2; exit 1; fi
+  for d; do if [ -e "$d/cgroup.kill" ]; then echo 1 > "$d/cgroup.kill"; fi; done
+  if [ -d "$f" ]; then
+    echo FROZEN > "$f/freezer.state"
+    i=0; while [ "$(cat "$f/freezer.state")" = FREEZING ] && [ $((i += 1)) -lt 100 ]; do sleep 0.01; done
+  fi
+  kill -9 $(listed "$@") 2>/dev/null || true
+  if [ -d "$f" ]; then echo THAWED > "$f/freezer.state"; fi
+  n=$((n + 1)); sleep 0.1
+done
+for d; do if [ -d "$d" ]; then find "$d" -depth -type d -exec rmdir {} +; fi; done'"'"' ctrsh-kill /sys/fs/cgroup/freezer/ctrsh/client /sys/fs/cgroup/cpu/ctrsh/client /sys/fs/cgroup/cpuacct/ctrsh/client /sys/fs/cgroup/memory/ctrsh/client /sys/fs/cgroup/pids/ctrsh/client /sys/fs/cgroup/devices/ctrsh/client /sys/fs/cgroup/freezer/ctrsh/client'
+# Devices: deny every node first, as Docker does; CAP_MKNOD alone then makes nodes it cannot open.
+sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write a /sys/fs/cgroup/devices/ctrsh/client/devices.deny
+# Devices: then allow, one rule a write: 'c *:* m' and 'b *:* m' (any node may be made, not opened), and 'rwm' for the standard nodes only: null, zero, full, random, urandom, tty, console, ptmx, ptys.
+sh -c 'f=$1; shift; for rule; do printf "%s\n" "$rule" > "$f"; done' ctrsh-allow /sys/fs/cgroup/devices/ctrsh/client/devices.allow 'c *:* m' 'b *:* m' 'c 1:3 rwm' 'c 1:5 rwm' 'c 1:7 rwm' 'c 1:8 rwm' 'c 1:9 rwm' 'c 5:0 rwm' 'c 5:1 rwm' 'c 5:2 rwm' 'c 136:* rwm'
+
+# == security: drop privileges ==
+# A private tmpfs for trusted copies of host tools: after pivot_root the image's own binaries are all there is, and none may run before privileges are dropped.
+nsenter --mount=/run/ctrsh/client/ns/mnt -- mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev ctrsh-tools /run/ctrsh/client/rootfs/.ctrsh
+# Copy in the host's static busybox (umount, rmdir, env for PID 1) and setpriv with its libraries and loader (setpriv drops capabilities; busybox's own setpriv cannot drop the bounding set).
+nsenter --mount=/run/ctrsh/client/ns/mnt -- cp /bin/busybox /usr/bin/setpriv /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libcap-ng.so.0 /lib/x86_64-linux-gnu/libc.so.6 /run/ctrsh/client/rootfs/.ctrsh/
+
+# == process: start the container's PID 1 ==
+if ((stop)); then exit "$stop"; fi
+# Enter the namespaces and fork PID 1 of a new PID namespace in a session of its own. As the host's sh it mounts /proc, masks kernel paths, pivot_roots, detaches the old root with trusted tools, then setpriv drops capabilities and busybox closes leaked fds before the command runs.
+run_container sh -c 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"' ctrsh-join /sys/fs/cgroup/cpu/ctrsh/client/cgroup.procs /sys/fs/cgroup/cpuacct/ctrsh/client/cgroup.procs /sys/fs/cgroup/memory/ctrsh/client/cgroup.procs /sys/fs/cgroup/pids/ctrsh/client/cgroup.procs /sys/fs/cgroup/devices/ctrsh/client/cgroup.procs /sys/fs/cgroup/freezer/ctrsh/client/cgroup.procs -- nsenter --mount=/run/ctrsh/client/ns/mnt --uts=/run/ctrsh/client/ns/uts --ipc=/run/ctrsh/client/ns/ipc --net=/run/netns/ctrsh-client -- unshare --pid --cgroup --fork --kill-child -- env -i --default-signal PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin setsid sh -euc 'set -f  # paths and PATH are split, never glob-expanded
+root=$1 cwd=$2 search=$3 nvars=$4
+shift 4
+# A closed stdin, stdout or stderr becomes /dev/null, as in Docker.
+for fd in 0 1 2; do if [ ! -e /proc/self/fd/$fd ]; then eval "exec $fd<>\"\$root/dev/null\""; fi; done
+# No terminal: stdin is /dev/null unless it was a pipe or a file.
+if [ -t 0 ]; then exec <"$root/dev/null"; fi
+# Mounted from inside the new PID namespace, so it shows the container'"'"'s processes only.
+mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
+# Kernel interfaces: masked ones show nothing (an empty read-only tmpfs, or /dev/null over a file); read-only ones cannot be written.
+for p in /proc/acpi /proc/asound /proc/interrupts /proc/kcore /proc/keys /proc/latency_stats /proc/sched_debug /proc/scsi /proc/timer_list /proc/timer_stats /sys/devices/virtual/powercap /sys/firmware; do
+  if [ -d "$root$p" ]; then mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k ctrsh-masked "$root$p"
+  elif [ -e "$root$p" ]; then mount --bind "$root/dev/null" "$root$p"; fi
+done
+for p in /proc/bus /proc/fs /proc/irq /proc/sys /proc/sysrq-trigger; do
+  if [ -e "$root$p" ]; then
+    mount --bind "$root$p" "$root$p" && mount -o remount,bind,ro,nosuid,nodev,noexec "$root$p"
+  fi
+done
+# Resource limits, inherited by everything the container starts.
+ulimit -n 1024
+# Swap roots; the old one is detached with the trusted umount, not the image'"'"'s.
+cd "$root"
+pivot_root . .oldroot
+/.ctrsh/busybox umount -l /.oldroot
+/.ctrsh/busybox rmdir /.oldroot 2>/dev/null || :
+# The working directory, made if the image lacks it (as Docker does).
+if ! cd "$cwd" 2>/dev/null; then /.ctrsh/busybox mkdir -p "$cwd"; cd "$cwd"; fi
+eval "prog=\${$((nvars + 1))}"
+case $prog in
+*/*) ;;
+*)
+  found=
+  IFS=:
+  for dir in $search; do
+    if [ -f "${dir:-.}/$prog" ] && [ -x "${dir:-.}/$prog" ]; then found=${dir:-.}/$prog; break; fi
+  done
+  unset IFS
+  if [ -z "$found" ]; then echo "ctrsh: $prog: not found in the container'"'"'s PATH ($search)" >&2; exit 127; fi
+  i=0
+  for arg; do
+    shift
+    if [ "$i" -eq "$nvars" ]; then set -- "$@" "$found"; else set -- "$@" "$arg"; fi
+    i=$((i + 1))
+  done
+  ;;
+esac
+# Keep the tools open as fd 3, unmount them, then drop privileges with setpriv run from that fd.
+exec 3</.ctrsh
+/proc/self/fd/3/busybox umount -l /.ctrsh
+/proc/self/fd/3/busybox rmdir /.ctrsh 2>/dev/null || :
+exec /proc/self/fd/3/ld-linux-x86-64.so.2 --inhibit-cache --library-path /proc/self/fd/3 /proc/self/fd/3/setpriv --bounding-set=-all,+chown,+dac_override,+fsetid,+fowner,+mknod,+net_raw,+setgid,+setuid,+setfcap,+setpcap,+net_bind_service,+sys_chroot,+kill,+audit_write --inh-caps=-all --ambient-caps=-all --no-new-privs -- /proc/self/fd/3/busybox sh -c '"'"'for fd in /proc/self/fd/*; do
+  fd=${fd##*/}
+  if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+done
+exec -a env /proc/self/exe -i "$@"
+'"'"' ctrsh-exec "$@"
+' ctrsh-start /run/ctrsh/client/rootfs / /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin 3 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root HOSTNAME=client /bin/sh -c 'get() { for i in $(seq 100); do wget -q -O- "$1" && return; sleep 0.1; done; echo "no answer from $1"; return 1; }
+echo "client fetched http://web/: $(get http://web/)"
+echo "client fetched http://web:8081/: $(get http://web:8081/)"
+'
+if ((stop)); then exit "$stop"; fi
+
+# The EXIT trap now tears everything down: the undos above, newest first (client, side, web).
