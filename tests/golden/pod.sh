@@ -281,18 +281,10 @@ sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /var/lib/ctrsh/containers/web/.ctrs
 sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'pod 0' /run/ctrsh/web/group
 
 # == filesystem: assemble the container's mounts inside its own mount namespace ==
-# Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.
-mkdir -m 0755 /var/lib/ctrsh/containers/web/upper
-# Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
-mkdir -m 0755 /var/lib/ctrsh/containers/web/upper/proc /var/lib/ctrsh/containers/web/upper/dev /var/lib/ctrsh/containers/web/upper/sys /var/lib/ctrsh/containers/web/upper/.ctrsh /var/lib/ctrsh/containers/web/upper/.oldroot /var/lib/ctrsh/containers/web/upper/etc
-# Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/web/upper/etc/ld.so.preload
-# Likewise for /etc/hostname, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/web/upper/etc/hostname
-# Likewise for /etc/hosts, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/web/upper/etc/hosts
-# Likewise for /etc/resolv.conf, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/web/upper/etc/resolv.conf
+# Its writable layer (upper), 0755 whatever the umask as it becomes the mode of the container's /; in it, every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
+mkdir -m 0755 /var/lib/ctrsh/containers/web/upper /var/lib/ctrsh/containers/web/upper/proc /var/lib/ctrsh/containers/web/upper/dev /var/lib/ctrsh/containers/web/upper/sys /var/lib/ctrsh/containers/web/upper/.ctrsh /var/lib/ctrsh/containers/web/upper/.oldroot /var/lib/ctrsh/containers/web/upper/etc
+# Likewise, as empty files (mode 0644): /etc/hostname, /etc/hosts, /etc/resolv.conf, mounted over; and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
+sh -c 'for f; do install -m 0644 /dev/null "$f" || exit; done' ctrsh-files /var/lib/ctrsh/containers/web/upper/etc/ld.so.preload /var/lib/ctrsh/containers/web/upper/etc/hostname /var/lib/ctrsh/containers/web/upper/etc/hosts /var/lib/ctrsh/containers/web/upper/etc/resolv.conf
 # Root filesystem: the shared image read-only below, this container's own writes above (upper).
 nsenter --mount=/run/ctrsh/web/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/busybox,upperdir=/var/lib/ctrsh/containers/web/upper,workdir=/var/lib/ctrsh/containers/web/work /run/ctrsh/web/rootfs
 # A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
@@ -776,18 +768,10 @@ sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /var/lib/ctrsh/containers/side/.ctr
 sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'pod 1' /run/ctrsh/side/group
 
 # == filesystem: assemble the container's mounts inside its own mount namespace ==
-# Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.
-mkdir -m 0755 /var/lib/ctrsh/containers/side/upper
-# Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
-mkdir -m 0755 /var/lib/ctrsh/containers/side/upper/proc /var/lib/ctrsh/containers/side/upper/dev /var/lib/ctrsh/containers/side/upper/sys /var/lib/ctrsh/containers/side/upper/.ctrsh /var/lib/ctrsh/containers/side/upper/.oldroot /var/lib/ctrsh/containers/side/upper/etc
-# Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/side/upper/etc/ld.so.preload
-# Likewise for /etc/hostname, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/side/upper/etc/hostname
-# Likewise for /etc/hosts, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/side/upper/etc/hosts
-# Likewise for /etc/resolv.conf, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/side/upper/etc/resolv.conf
+# Its writable layer (upper), 0755 whatever the umask as it becomes the mode of the container's /; in it, every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
+mkdir -m 0755 /var/lib/ctrsh/containers/side/upper /var/lib/ctrsh/containers/side/upper/proc /var/lib/ctrsh/containers/side/upper/dev /var/lib/ctrsh/containers/side/upper/sys /var/lib/ctrsh/containers/side/upper/.ctrsh /var/lib/ctrsh/containers/side/upper/.oldroot /var/lib/ctrsh/containers/side/upper/etc
+# Likewise, as empty files (mode 0644): /etc/hostname, /etc/hosts, /etc/resolv.conf, mounted over; and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
+sh -c 'for f; do install -m 0644 /dev/null "$f" || exit; done' ctrsh-files /var/lib/ctrsh/containers/side/upper/etc/ld.so.preload /var/lib/ctrsh/containers/side/upper/etc/hostname /var/lib/ctrsh/containers/side/upper/etc/hosts /var/lib/ctrsh/containers/side/upper/etc/resolv.conf
 # Root filesystem: the shared image read-only below, this container's own writes above (upper).
 nsenter --mount=/run/ctrsh/side/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/busybox,upperdir=/var/lib/ctrsh/containers/side/upper,workdir=/var/lib/ctrsh/containers/side/work /run/ctrsh/side/rootfs
 # A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
@@ -1043,18 +1027,10 @@ sh -Cc 'printf "%s\n" "$2" >"$1"' ctrsh-mark /var/lib/ctrsh/containers/client/.c
 sh -c 'printf "%s\n" "$1" > "$2"' ctrsh-write 'pod 2' /run/ctrsh/client/group
 
 # == filesystem: assemble the container's mounts inside its own mount namespace ==
-# Its writable layer (upper): 0755 whatever the umask, as it becomes the mode of the container's /.
-mkdir -m 0755 /var/lib/ctrsh/containers/client/upper
-# Every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
-mkdir -m 0755 /var/lib/ctrsh/containers/client/upper/proc /var/lib/ctrsh/containers/client/upper/dev /var/lib/ctrsh/containers/client/upper/sys /var/lib/ctrsh/containers/client/upper/.ctrsh /var/lib/ctrsh/containers/client/upper/.oldroot /var/lib/ctrsh/containers/client/upper/etc
-# Likewise for files mounted over, and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/client/upper/etc/ld.so.preload
-# Likewise for /etc/hostname, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/client/upper/etc/hostname
-# Likewise for /etc/hosts, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/client/upper/etc/hosts
-# Likewise for /etc/resolv.conf, mounted over.
-install -m 0644 /dev/null /var/lib/ctrsh/containers/client/upper/etc/resolv.conf
+# Its writable layer (upper), 0755 whatever the umask as it becomes the mode of the container's /; in it, every place ctrsh mounts onto, made a real directory in the container's own (fresh, trusted) upper layer: a symlink the image ships at /proc, /dev, /etc... is hidden, so it cannot redirect a mount.
+mkdir -m 0755 /var/lib/ctrsh/containers/client/upper /var/lib/ctrsh/containers/client/upper/proc /var/lib/ctrsh/containers/client/upper/dev /var/lib/ctrsh/containers/client/upper/sys /var/lib/ctrsh/containers/client/upper/.ctrsh /var/lib/ctrsh/containers/client/upper/.oldroot /var/lib/ctrsh/containers/client/upper/etc
+# Likewise, as empty files (mode 0644): /etc/hostname, /etc/hosts, /etc/resolv.conf, mounted over; and an empty /etc/ld.so.preload: setpriv runs after pivot_root, and its loader must not load a library the image names there.
+sh -c 'for f; do install -m 0644 /dev/null "$f" || exit; done' ctrsh-files /var/lib/ctrsh/containers/client/upper/etc/ld.so.preload /var/lib/ctrsh/containers/client/upper/etc/hostname /var/lib/ctrsh/containers/client/upper/etc/hosts /var/lib/ctrsh/containers/client/upper/etc/resolv.conf
 # Root filesystem: the shared image read-only below, this container's own writes above (upper).
 nsenter --mount=/run/ctrsh/client/ns/mnt -- mount -t overlay overlay -o lowerdir=/var/lib/ctrsh/images/busybox,upperdir=/var/lib/ctrsh/containers/client/upper,workdir=/var/lib/ctrsh/containers/client/work /run/ctrsh/client/rootfs
 # A fresh, empty /dev: the container gets only the devices put there next, never the host's disks.
