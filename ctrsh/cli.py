@@ -412,7 +412,7 @@ def exec(
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
-    raise typer.Exit(engine.run_foreground(argv, relay=not tty))
+    raise typer.Exit(engine.run_foreground(argv, relay=not tty, forward=not tty))
 
 
 def _size(n: int) -> str:

@@ -104,7 +104,7 @@ def _failure(argv: Argv, how: str, output: bytes) -> str:
     return f"{join(argv)}\n  {how}{detail}"
 
 
-def run_foreground(argv: Argv, relay: bool = False) -> int:
+def run_foreground(argv: Argv, relay: bool = False, forward: bool = False) -> int:
     """Run the container; return its exit code (128+N for signal N).
 
     relay: a container without a terminal of its own must not hold the caller's terminal either —
@@ -114,11 +114,49 @@ def run_foreground(argv: Argv, relay: bool = False) -> int:
     and a terminal on stdin is replaced by /dev/null."""
     sh = _sh()
     env = {"_env": safepath.environ()}
-    if not (relay and (os.isatty(1) or os.isatty(2))):
+    if not forward and not (relay and (os.isatty(1) or os.isatty(2))):
         return _exit_code(sh, argv, {"_fg": True, **env})
     with _relayed() as (out, err, stdin):
         options = {"_out": out, "_err": err, "_in": stdin, "_tty_in": False, "_tty_out": False, **env}
-        return _exit_code(sh, argv, options)
+        return _forwarded(sh, argv, options) if forward else _exit_code(sh, argv, options)
+
+
+def _forwarded(sh: Any, argv: Argv, options: dict[str, Any]) -> int:
+    """Run argv, which calls setsid in its own process (each hop execs the next; exec without -t:
+    no controlling terminal), and
+    pass on the signals a terminal or `kill` sends to ctrsh — they no longer reach its process
+    group, which is the session setsid made, led by the pid sh started."""
+    import signal
+
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    running = _exit_code_bg(sh, argv, options)
+
+    def forward(signum: int, _frame: object) -> None:
+        with suppress(ProcessLookupError):
+            os.killpg(running.pid, signum)
+
+    before = {s: signal.signal(s, forward) for s in forwarded}
+    try:
+        return _waited(sh, running)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def _exit_code_bg(sh: Any, argv: Argv, options: dict[str, Any]) -> Any:
+    program = safepath.resolve(argv[0])
+    if program is None:
+        raise StepFailed(_failure(argv, f"command not found in {safepath.SAFE_PATH}", b""))
+    return sh.Command(program)(*argv[1:], _bg=True, _bg_exc=False, **options)
+
+
+def _waited(sh: Any, running: Any) -> int:
+    try:
+        running.wait()
+    except sh.ErrorReturnCode as e:
+        code: int = e.exit_code
+        return 128 - code if code < 0 else code
+    return 0
 
 
 def _exit_code(sh: Any, argv: Argv, options: dict[str, Any]) -> int:

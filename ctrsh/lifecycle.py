@@ -383,6 +383,64 @@ def env_of(pid: int) -> list[str]:
     return out or [f"PATH={SAFE_PATH}"]
 
 
+# The mount namespace file, opened on MNT_FD before exec's own `unshare --mount`: the kernel leaves
+# mount namespace files out of a namespace's copy (a loop could keep namespaces alive forever), so
+# in the copy the path is the empty file beneath.
+MNT_FD = 4
+OPEN_MNT = f'exec {MNT_FD}<"$1"; shift; exec "$@"'
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except OSError:
+        return False
+
+
+def _is_namespace(path: str) -> bool:
+    """A namespace is bound to this file (not just the empty file made for it)."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/mnt").st_dev  # nsfs
+    except OSError:
+        return False
+
+
+def enter_flags(paths: Paths, pid: int) -> list[str]:
+    """nsenter's flags for the namespaces ctrsh made for this container: the files it keeps them
+    at, never /proc/PID/ns/* or PID 1's root (nsenter --target --all --root). PID 1 can move
+    itself into namespaces of its own (a nested user + mount namespace needs no capability) and
+    mount what it likes over /proc there: following it would run exec's trusted tools by a path
+    the container made, before privileges are dropped. Only the PID namespace is taken from PID 1:
+    a process cannot leave its own. Entering the mount namespace sets the root to its root, which
+    pivot_root made the container's."""
+    if not _is_namespace(paths.nsfile("mnt")):
+        raise CtrshError(f"{paths.name}: its mount namespace is not at {paths.nsfile('mnt')}")
+    from .phases import NSFILE
+
+    flags = [f"--{kind}={paths.nsfile(f)}" for kind, f in NSFILE.items() if _is_namespace(paths.nsfile(f))]
+    flags[0] = f"--mount=/proc/self/fd/{MNT_FD}"  # opened before `unshare --mount`: see OPEN_MNT
+    net = _netns_of(paths, pid)
+    if net is not None:
+        flags.append(f"--net={net}")
+    return [*flags, f"--pid=/proc/{pid}/ns/pid"]
+
+
+def _netns_of(paths: Paths, pid: int) -> str | None:
+    """The network namespace file to enter: its own, or (network: container) the ctrsh netns PID 1
+    is in; None when it shares the host's. Matched by identity, and then entered by the file."""
+    own = f"/run/netns/{paths.netns}"
+    if os.path.exists(own):
+        return own
+    current = f"/proc/{pid}/ns/net"
+    if _same(current, "/proc/1/ns/net"):
+        return None
+    with contextlib.suppress(OSError):
+        for entry in sorted(os.listdir("/run/netns")):
+            if entry.startswith("ctrsh-") and _same(current, f"/run/netns/{entry}"):
+                return f"/run/netns/{entry}"
+    raise CtrshError(f"{paths.name}: PID 1 is in a network namespace ctrsh did not make; not following it")
+
+
 def exec_argv(facts: Facts, name: str, pid: int, command: list[str], tty: bool) -> Argv:
     """Enter the container as its PID 1 is: its cgroups first (on the host), its resource limits,
     then every namespace, its root and working directory; then drop to PID 1's privileges with the trusted tools (fresh
@@ -403,13 +461,16 @@ def exec_argv(facts: Facts, name: str, pid: int, command: list[str], tty: bool) 
     inner = (
         # PID 1's rlimits, set once the tools are copied (a low fsize must not stop that), then inherited.
         "prlimit", *rlimits_of(pid), "--",
-        "nsenter", f"--target={pid}", "--all", "--root", "--wd", "--",
+        *(() if tty else ("setsid",)),  # no controlling terminal: /dev/tty inside reaches nothing of the caller's
+        "nsenter", *enter_flags(paths, pid), "--",
         *run, f"{FD3}/setpriv", *opts, "--", *switch,
         f"{FD3}/busybox", "sh", "-c", CLOSE_AND_EXEC, "ctrsh-exec", *env_of(pid), *command,
     )  # fmt: skip
     chain = (
         *cgroups.join_argv(facts, name),
-        "unshare", "--mount", "--propagation", "private", "--",
+        # --cgroup: a cgroup namespace rooted at the container's cgroups (just joined), the view PID 1 has.
+        "sh", "-c", OPEN_MNT, "ctrsh-open-mnt", paths.nsfile("mnt"),
+        "unshare", "--mount", *(("--cgroup",) if facts.cgroup_ns else ()), "--propagation", "private", "--",
         "sh", "-euc", EXEC_TOOLS, "ctrsh-exec-tools", paths.rootfs, *tools, "--", *inner,
     )  # fmt: skip
     if not tty:

@@ -388,3 +388,25 @@ def test_exec_gets_the_containers_rlimits(ctrsh: Ctrsh, extra: str, expected: st
         assert own in tty.stdout.replace("\r", ""), tty.stdout
     finally:
         assert ctrsh.run("destroy", "--force", name).returncode == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_exec_passes_signals_on(ctrsh: Ctrsh, sig: int) -> None:
+    """Without -t the command runs in a session of its own (no controlling terminal to type into,
+    test_attack3_userns), out of the reach of the signals a terminal sends to ctrsh's group: ctrsh
+    passes them on, so Ctrl-C of `ctrsh exec` still ends the command, as before."""
+    name = "test-exec-signal"
+    assert ctrsh.run("apply", "-d", ctrsh.recipe(inside_recipe(name, "exec sleep 600"))).returncode == 0
+    try:
+        ex = subprocess.Popen(
+            ctrsh.cmd("exec", name, "/bin/sh", "-c", "echo started; exec sleep 777"),
+            env=ctrsh.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert ex.stdout is not None and ex.stdout.readline() == "started\n"
+        ex.send_signal(sig)
+        ex.wait(timeout=30)
+        left = ctrsh.run("exec", name, "/bin/sh", "-c", "ps -o args | grep -c '^sleep 777' || :")
+        assert left.stdout.strip() == "0", left.stdout + left.stderr
+        assert ex.returncode == 128 + sig, ex.stderr.read() if ex.stderr else ""
+    finally:
+        assert ctrsh.run("destroy", "--force", name).returncode == 0
