@@ -390,6 +390,20 @@ MNT_FD = 4
 OPEN_MNT = f'exec {MNT_FD}<"$1"; shift; exec "$@"'
 
 
+# PID 1's working directory, entered once privileges are dropped (a path the container may have
+# chosen, so never opened before); / if it is gone.
+IN_CWD = 'cd -- "$1" 2>/dev/null || cd /\nshift\n'
+
+
+def cwd_of(pid: int) -> str:
+    """PID 1's working directory, as a path in its mount namespace (the kernel shows it so, the
+    host root being out of reach from there)."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return "/"
+
+
 def _same(a: str, b: str) -> bool:
     try:
         return os.path.samestat(os.stat(a), os.stat(b))
@@ -464,7 +478,7 @@ def exec_argv(facts: Facts, name: str, pid: int, command: list[str], tty: bool) 
         *(() if tty else ("setsid",)),  # no controlling terminal: /dev/tty inside reaches nothing of the caller's
         "nsenter", *enter_flags(paths, pid), "--",
         *run, f"{FD3}/setpriv", *opts, "--", *switch,
-        f"{FD3}/busybox", "sh", "-c", CLOSE_AND_EXEC, "ctrsh-exec", *env_of(pid), *command,
+        f"{FD3}/busybox", "sh", "-c", IN_CWD + CLOSE_AND_EXEC, "ctrsh-exec", cwd_of(pid), *env_of(pid), *command,
     )  # fmt: skip
     chain = (
         *cgroups.join_argv(facts, name),

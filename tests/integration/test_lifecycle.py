@@ -410,3 +410,14 @@ def test_exec_passes_signals_on(ctrsh: Ctrsh, sig: int) -> None:
         assert ex.returncode == 128 + sig, ex.stderr.read() if ex.stderr else ""
     finally:
         assert ctrsh.run("destroy", "--force", name).returncode == 0
+
+
+def test_exec_starts_in_pid1s_working_directory(ctrsh: Ctrsh) -> None:
+    name = "test-exec-cwd"
+    text = f"name: {name}\nrootfs: {{busybox: {{}}}}\nprocess:\n  args: [/bin/sleep, '600']\n  cwd: /tmp\n"
+    assert ctrsh.run("apply", "-d", ctrsh.recipe(text)).returncode == 0
+    try:
+        ex = ctrsh.run("exec", name, "/bin/pwd")
+        assert (ex.returncode, ex.stdout) == (0, "/tmp\n"), ex.stderr
+    finally:
+        assert ctrsh.run("destroy", "--force", name).returncode == 0
