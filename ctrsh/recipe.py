@@ -51,7 +51,13 @@ def check_name(value: str) -> str | None:
             f"{value!r} is not a valid container name: use 1-63 lowercase letters, digits and '-', "
             "starting and ending with a letter or digit (it names files, a network namespace and the hostname)"
         )
+    if value in RESERVED_NAMES:
+        return f"{value!r} is reserved: ctrsh keeps {RESERVED_NAMES[value]} under that name in its state dir"
     return None
+
+
+# Names of what ctrsh keeps beside the containers in its state dir (ipam.registry).
+RESERVED_NAMES = {"network": "the network registry (address leases, shared pieces)"}
 
 
 def check_hostname(value: str) -> str | None:

@@ -35,6 +35,9 @@ CASES = [
     ("name with a slash", "name: ../etc\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
      "r.yaml:1:7: name: '../etc' is not a valid container name: use 1-63 lowercase letters, digits and '-', "
      "starting and ending with a letter or digit (it names files, a network namespace and the hostname)"),
+    ("reserved name", "name: network\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
+     "r.yaml:1:7: name: 'network' is reserved: ctrsh keeps the network registry (address leases, shared pieces) "
+     "under that name in its state dir"),
     ("bad hostname", "name: x\nhostname: -bad_host\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
      "r.yaml:2:11: hostname: '-bad_host' is not a valid hostname: use at most 64 characters of letters, "
      "digits, '-' and '.', in dot-separated labels of at most 63 that start and end with a letter or digit"),
