@@ -12,9 +12,44 @@ from ..plan import Step
 from . import NSFILE, Context
 
 
+# The maps of a user namespace bound to a file ($1) are written, once, by the host's root to
+# /proc/PID/uid_map of a process inside it: a `sleep` that joins it (keeping host root's credentials:
+# no id is mapped yet) and says its pid, then is killed. $2 and $3 are the maps, one line each range.
+WRITE_MAPS = """nsenter --user="$1" --preserve-credentials -- sh -c 'echo $$; exec sleep 60' | {
+  read -r pid
+  ok=0
+  { printf "%s\\n" "$2" >"/proc/$pid/uid_map" && printf "%s\\n" "$3" >"/proc/$pid/gid_map"; } || ok=$?
+  kill "$pid"
+  exit "$ok"
+}"""
+
+
+def userns_steps(c: Context) -> list[Step]:
+    """`user`: the maps, then the hostname (host root may: it has every capability in a child user ns)."""
+    uids, gids = c.recipe.idmaps()
+    out = [
+        Step(
+            "namespaces",
+            ("sh", "-c", WRITE_MAPS, "ctrsh-idmap", c.paths.nsfile("user"), "\n".join(uids), "\n".join(gids)),
+            f"Write the user namespace's maps: container ids -> host ids, uid {'; '.join(uids)}, gid "
+            f"{'; '.join(gids)}. Root inside is host uid {c.root_ids()[0]}: nobody special on the host.",
+        )
+    ]
+    if c.hostname is not None:
+        out.append(
+            Step(
+                "namespaces",
+                ("nsenter", f"--uts={c.paths.nsfile('uts')}", "--", "hostname", c.hostname),
+                "Set the hostname inside the UTS namespace (the host's is untouched).",
+            )
+        )
+    return out
+
+
 def steps(c: Context) -> list[Step]:
     p = c.paths
-    persisted = [k for k in ("mount", "uts", "ipc") if k in c.namespaces]
+    # The user namespace first: made in the same unshare call, it owns the others.
+    persisted = [k for k in ("user", "mount", "uts", "ipc") if k in c.namespaces]
     files = [p.nsfile(NSFILE[k]) for k in persisted]
     out = [
         Step(
@@ -51,8 +86,12 @@ def steps(c: Context) -> list[Step]:
             )
         )
     flags = [f"--{k}={f}" for k, f in zip(persisted, files, strict=True)]
-    if c.hostname is not None:
-        command: tuple[str, ...] = ("hostname", c.hostname)
+    if c.userns:
+        # No id is mapped until the next step: a command run now would have no capabilities.
+        command: tuple[str, ...] = ("true",)
+        then = "`true` exits at once; the files keep them alive. The user namespace is made first and owns the others"
+    elif c.hostname is not None:
+        command = ("hostname", c.hostname)
         then = "then set the hostname inside them (the host's is untouched)"
     else:
         command, then = ("true",), "`true` exits at once; the files keep them alive"
@@ -64,4 +103,6 @@ def steps(c: Context) -> list[Step]:
             "Private propagation: no mount made inside ever reaches the host.",
         )
     )
+    if c.userns:
+        out += userns_steps(c)
     return out
