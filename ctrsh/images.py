@@ -79,9 +79,10 @@ def shifted_copies(image_dir: str) -> list[str]:
     out = []
     for entry in entries:
         rest = entry[len(name) :]
-        if entry.startswith(name + SHIFT) and re.fullmatch(r"\.shift-[0-9a-f]{12}", rest):
-            if os.path.isdir(f"{base}/{entry}") and not os.path.islink(f"{base}/{entry}"):
-                out.append(f"{base}/{entry}")
+        path = f"{base}/{entry}"
+        published = os.path.isdir(path) and not os.path.islink(path)
+        if entry.startswith(name + SHIFT) and re.fullmatch(r"\.shift-[0-9a-f]{12}", rest) and published:
+            out.append(path)
     return out
 
 
@@ -107,7 +108,7 @@ def users(facts: Facts, image_dir: str) -> list[str]:
             with open(f"{facts.state_dir}/{name}/image") as f:
                 used = f.read().strip()
             if used == image_dir or (used.startswith(image_dir + SHIFT) and SHIFT not in image_dir):
-                    found.append(name)
+                found.append(name)
         except OSError:
             continue
     return found

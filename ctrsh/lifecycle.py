@@ -331,9 +331,21 @@ def limits_of(pid: int) -> tuple[list[str], int, int, bool]:
         raise CtrshError(f"cannot read /proc/{pid}/status: the container's PID 1 is gone")
     bnd = int(st["CapBnd"], 16)
     caps = [c for i, c in enumerate(ALL_CAPS) if bnd & (1 << i)]
-    uid = int(st["Uid"].split()[0])
-    gid = int(st["Gid"].split()[0])
+    uid = inside_id(pid, "uid", int(st["Uid"].split()[0]))
+    gid = inside_id(pid, "gid", int(st["Gid"].split()[0]))
     return caps, uid, gid, st.get("NoNewPrivs", "0") == "1"
+
+
+def inside_id(pid: int, kind: str, host_id: int) -> int:
+    """A host uid/gid as PID's user namespace sees it (/proc/PID/uid_map, read from the host: lines
+    INSIDE OUTSIDE COUNT); the same id without a user namespace (0 0 4294967295)."""
+    for line in (_read(f"/proc/{pid}/{kind}_map") or "").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit():
+            first, outside, count = (int(p) for p in parts)
+            if outside <= host_id < outside + count:
+                return first + host_id - outside
+    raise CtrshError(f"the container's PID 1 runs as host {kind} {host_id}, which its user namespace has no id for")
 
 
 def env_of(pid: int) -> list[str]:

@@ -147,7 +147,9 @@ def check_idmap(value: list[str]) -> Issues:
     if len(value) > MAX_IDMAP_LINES:
         issues.append((None, f"has {len(value)} lines; the kernel takes at most {MAX_IDMAP_LINES}"))
     if sum(len(str(v).strip()) + 1 for v in value) > MAX_IDMAP_BYTES:
-        issues.append((None, f"is more than {MAX_IDMAP_BYTES} bytes; the kernel reads a map in one write of under a page"))
+        issues.append(
+            (None, f"is more than {MAX_IDMAP_BYTES} bytes; the kernel reads a map in one write of under a page")
+        )
     seen: list[tuple[int, int, int, int]] = []  # (inside, outside, count, index)
     for i, line in enumerate(value):
         if not isinstance(line, str):
@@ -813,6 +815,7 @@ class Recipe:
 
     def idmaps(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(uid_map, gid_map) as the kernel's lines, defaults filled in; normalised spacing."""
+
         def norm(lines: list[str] | None) -> tuple[str, ...]:
             return tuple(" ".join(map(str, t)) for t in parse_idmap(lines or DEFAULT_IDMAP))
 

@@ -27,6 +27,8 @@ def mountpoints(c: Context) -> tuple[list[str], list[str]]:
     extra_dirs = [path for path, is_dir in extra if is_dir]
     for path in (*FIXED_DIRS, *extra_dirs, *(f.rsplit("/", 1)[0] for f in files)):
         parts = path.strip("/").split("/")
+        if parts == [""]:  # the parent of a file mounted at the top (/secret) is / itself
+            continue
         for i in range(1, len(parts) + 1):
             d = "/" + "/".join(parts[:i])
             if d not in dirs:

@@ -11,7 +11,6 @@ from .. import owner
 from ..plan import Step
 from . import NSFILE, Context
 
-
 # The maps of a user namespace bound to a file ($1) are written, once, by the host's root to
 # /proc/PID/uid_map of a process inside it: a `sleep` that joins it (keeping host root's credentials:
 # no id is mapped yet) and says its pid, then is killed. $2 and $3 are the maps, one line each range.
@@ -22,6 +21,26 @@ WRITE_MAPS = """nsenter --user="$1" --preserve-credentials -- sh -c 'echo $$; ex
   kill "$pid"
   exit "$ok"
 }"""
+
+
+def notes(c: Context) -> tuple[str, ...]:
+    if not c.userns:
+        return ()
+    uid, gid = c.root_ids()
+    return (
+        f"user namespace: root inside is host uid {uid} (gid {gid}), with capabilities over the container's own "
+        "namespaces only. The image is used through a copy with its owners shifted by the maps (made once per "
+        "image and maps, in DATA/images/IMAGE.shift-HASH: its size again on disk, and the time to copy it). An "
+        "idmapped mount (mount -o X-mount.idmap=..., util-linux >= 2.39, kernel >= 5.12 with overlayfs >= 5.19) "
+        "would show the image shifted without a copy; this host's util-linux 2.38 has no way to make one from "
+        "the command line, so ctrsh copies.",
+        "user namespace: bind volumes are used as they are: their host files appear as their mapped ids, and "
+        "as nobody (65534) where the map has no id for their owner, so root inside may not be able to write "
+        "them. /etc/hosts, hostname and resolv.conf are host root's (nobody inside: readable, not writable).",
+        "user namespace: the network namespace is the host's root's (ip netns add), not the user namespace's: "
+        "root inside has no capability over it, so binding ports below 1024 and raw sockets are refused. /sys is "
+        "mounted by the host's root for the same reason (a sysfs mount from inside needs a net ns it owns).",
+    )
 
 
 def userns_steps(c: Context) -> list[Step]:

@@ -97,7 +97,8 @@ def lower_dir(c: Context) -> str:
 # Device nodes are left out (mknod is refused in a user namespace; ctrsh mounts its own /dev),
 # sockets are skipped by tar; setuid bits, hardlinks, xattrs (file capabilities become the namespace's
 # own) and ACLs are kept. No pipefail in sh: a failed reading side leaves a mark, checked at the end.
-SHIFT_COPY = """cd "$2"
+SHIFT_COPY = """set -e
+cd "$2"
 { (cd "$1" && find . -xdev ! -type b ! -type c -print0 |
     tar --create --file=- --null --no-recursion --files-from=- --numeric-owner --xattrs --acls) ||
     echo failed >../create-failed; } |
@@ -116,6 +117,7 @@ def shift_steps(c: Context) -> list[Step]:
     b = Build(c, "", image=shifted, phase="filesystem")
     uid, gid = c.root_ids()
     uids, gids = c.recipe.idmaps()
+    source = images.source_text(c.recipe.rootfs, c.facts)
     return [
         *b.start("a copy of the image shifted for the user namespace")[1:],
         b.step(
@@ -128,8 +130,7 @@ def shift_steps(c: Context) -> list[Step]:
             f"{uid}). Device nodes are skipped (/dev is ctrsh's own). Made once per image and maps.",
             progress=True,
         ),
-        *b.publish(f"{images.source_text(c.recipe.rootfs, c.facts)} shifted uid {'; '.join(uids)} gid "
-                   f"{'; '.join(gids)}"),  # fmt: skip
+        *b.publish(f"{source} shifted uid {'; '.join(uids)} gid {'; '.join(gids)}"),
         Step(
             "filesystem",
             ("rm", "-rf", "--one-file-system", b.work),
