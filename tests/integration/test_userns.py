@@ -91,7 +91,8 @@ HOST_ATTACKS = {
     "make a disk device": "! mknod /tmp/sda b 8 0",
     "remount /sys rw": "! mount -o remount,rw /sys",
     "mount a new sysfs": "! mount -t sysfs sysfs /mnt",
-    "change the host's time": "! date -s 2001-01-01",
+    # busybox date exits 0 even when it cannot set the clock: what it says is what counts
+    "change the host's time": "date -s 2001-01-01 2>&1 | grep -q 'Operation not permitted'",
 }
 if not Path("/proc/modules").exists():  # this kernel has no loadable modules: insmod says ENOSYS to anyone
     del HOST_ATTACKS["load a module"]
