@@ -222,3 +222,42 @@ def test_symlinked_targets_in_an_image(tmp_path: Path) -> None:
     assert escape_problem(str(root), "/up/x") is not None
     assert "/var/run -> /run" in (escape_problem(str(root), "/var/run/app") or "")
     assert os.path.isdir(root / "usr" / "lib")
+
+
+USERNS = "namespaces: [user, mount, pid]\n"
+
+
+def test_shifted_copy_is_keyed_by_image_and_maps() -> None:
+    def lower(text: str) -> str:
+        return next(c for c in compiled(text) if "lowerdir=" in c).split("lowerdir=")[1].split(",")[0]
+
+    base = "/var/lib/ctrsh/images/busybox"
+    plain = lower("rootfs: {busybox: {}}\n")
+    a = lower("rootfs: {busybox: {}}\n" + USERNS)
+    assert plain == base and a.startswith(base + ".shift-") and len(a) == len(base) + 7 + 12
+    assert a == lower("rootfs: {busybox: {}}\n" + USERNS + "uid_map: ['0  100000 65536']\n")  # same map, spaced
+    assert a != lower("rootfs: {busybox: {}}\n" + USERNS + "uid_map: ['0 200000 65536']\n")
+    assert a != lower("rootfs: {busybox: {}}\n" + USERNS + "gid_map: ['0 100000 1000']\n")
+    deb = lower("rootfs: {debootstrap: {suite: bookworm}}\n" + USERNS)
+    assert deb.split(".shift-")[1] == a.split(".shift-")[1] and deb.split(".shift-")[0] != base
+
+
+def test_userns_plan_owns_what_root_inside_writes() -> None:
+    text = ("rootfs: {busybox: {}}\n" + USERNS + "uid_map: ['0 200000 1000']\ngid_map: ['0 300000 1000']\n"
+            "mounts: [{type: volume, source: v, target: /v}, {type: tmpfs, target: /t}]\n")  # fmt: skip
+    cmds = compiled(text)
+    assert any(c.startswith("chown -R 200000:300000 /var/lib/ctrsh/containers/x/upper ") for c in cmds)
+    assert "install -d -m 0755 -o 200000 -g 300000 /var/lib/ctrsh/volumes/v" in cmds
+    assert any("mount -t tmpfs -o nosuid,nodev,uid=200000,gid=300000 tmpfs" in c for c in cmds)
+    unshare = next(c for c in cmds if c.startswith("unshare --user="))
+    assert unshare.endswith("--propagation private true")  # no command before the maps are written
+    start = cmds[-1]
+    assert "nsenter --user=/proc/self/fd/4 -- unshare --pid" in start and "ctrsh-start . /" in start
+
+
+def test_userns_with_a_directory_rootfs_is_refused() -> None:
+    files = HostFiles(base="/r", kinds={"/srv/root": "dir"})
+    assert problems("rootfs: {directory: {path: /srv/root}}\n" + USERNS, files) == [
+        "r.yaml:4:13: a user namespace needs a copy of the image with its owners shifted, made once and cached; a "
+        "rootfs directory may change under it: use a tarball of it (tar -C DIR -c .) instead"
+    ]
