@@ -12,14 +12,18 @@ from ..plan import Step
 from . import NSFILE, Context
 
 # The maps of a user namespace bound to a file ($1) are written, once, by the host's root to
-# /proc/PID/uid_map of a process inside it: a `sleep` that joins it (keeping host root's credentials:
-# no id is mapped yet) and says its pid, then is killed. $2 and $3 are the maps, one line each range.
-WRITE_MAPS = """nsenter --user="$1" --preserve-credentials -- sh -c 'echo $$; exec sleep 60' | {
+# /proc/PID/uid_map of a process inside it: a sh that joins it (keeping host root's credentials: no
+# id is mapped yet), says its pid and waits (10 s at most) until its gid_map is written; if a write
+# fails it is killed. $2 and $3 are the maps, one line each range.
+WRITE_MAPS = """nsenter --user="$1" --preserve-credentials -- sh -c '
+  echo $$
+  i=0
+  while [ -z "$(cat /proc/$$/gid_map)" ] && [ $((i += 1)) -lt 1000 ]; do sleep 0.01; done' | {
   read -r pid
-  ok=0
-  { printf "%s\\n" "$2" >"/proc/$pid/uid_map" && printf "%s\\n" "$3" >"/proc/$pid/gid_map"; } || ok=$?
-  kill "$pid"
-  exit "$ok"
+  if ! { printf "%s\\n" "$2" >"/proc/$pid/uid_map" && printf "%s\\n" "$3" >"/proc/$pid/gid_map"; }; then
+    kill "$pid"
+    exit 1
+  fi
 }"""
 
 

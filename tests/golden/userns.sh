@@ -243,12 +243,15 @@ undo 'ip netns delete ctrsh-userns'
 # Create the namespaces, bind each to its file, `true` exits at once; the files keep them alive. The user namespace is made first and owns the others. Private propagation: no mount made inside ever reaches the host.
 unshare --user=/run/ctrsh/userns/ns/user --mount=/run/ctrsh/userns/ns/mnt --uts=/run/ctrsh/userns/ns/uts --ipc=/run/ctrsh/userns/ns/ipc --propagation private true
 # Write the user namespace's maps: container ids -> host ids, uid 0 100000 65536, gid 0 100000 65536. Root inside is host uid 100000: nobody special on the host.
-sh -c 'nsenter --user="$1" --preserve-credentials -- sh -c '"'"'echo $$; exec sleep 60'"'"' | {
+sh -c 'nsenter --user="$1" --preserve-credentials -- sh -c '"'"'
+  echo $$
+  i=0
+  while [ -z "$(cat /proc/$$/gid_map)" ] && [ $((i += 1)) -lt 1000 ]; do sleep 0.01; done'"'"' | {
   read -r pid
-  ok=0
-  { printf "%s\n" "$2" >"/proc/$pid/uid_map" && printf "%s\n" "$3" >"/proc/$pid/gid_map"; } || ok=$?
-  kill "$pid"
-  exit "$ok"
+  if ! { printf "%s\n" "$2" >"/proc/$pid/uid_map" && printf "%s\n" "$3" >"/proc/$pid/gid_map"; }; then
+    kill "$pid"
+    exit 1
+  fi
 }' ctrsh-idmap /run/ctrsh/userns/ns/user '0 100000 65536' '0 100000 65536'
 # Set the hostname inside the UTS namespace (the host's is untouched).
 nsenter --uts=/run/ctrsh/userns/ns/uts -- hostname userns

@@ -232,11 +232,28 @@ def test_volumes_belong_to_root_inside(ctrsh: Ctrsh) -> None:
         subprocess.run(["rm", "-rf", "--one-file-system", str(vol)], check=True)
 
 
-@pytest.mark.parametrize("user", ["1000:1000"])
-def test_security_user_in_a_user_namespace(ctrsh: Ctrsh, user: str) -> None:
-    extra = f"security: {{user: '{user}'}}\n"
-    r = ctrsh.run(
-        "apply", "-q", ctrsh.recipe(recipe("test-userns-user", "id -u; id -g; grep CapEff /proc/self/status", extra))
+def test_security_user_and_a_map_of_two_ranges(ctrsh: Ctrsh) -> None:
+    """`security.user` 1000 is the second range's: host uid 300000; both lines reach the kernel."""
+    extra = (
+        "uid_map: ['0 100000 1000', '1000 300000 10']\ngid_map: ['0 100000 1000', '1000 300000 10']\n"
+        "security: {user: '1000:1000'}\n"
     )
+    script = "id -u; id -g; grep CapEff /proc/self/status; cat /proc/self/uid_map"
+    r = ctrsh.run("apply", "-q", ctrsh.recipe(recipe("test-userns-user", script, extra)))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[:2] == ["1000", "1000"] and r.stdout.split()[-1] == "0" * 16
+    lines = r.stdout.splitlines()
+    assert lines[:3] == ["1000", "1000", "CapEff:\t" + "0" * 16]
+    assert [line.split() for line in lines[3:]] == [["0", "100000", "1000"], ["1000", "300000", "10"]]
+
+
+def test_exported_script_makes_the_same_user_namespace(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    script = "id; cat /proc/self/uid_map /proc/self/gid_map; echo x >/root/x && stat -c '%u %g' /root/x /"
+    path = ctrsh.recipe(recipe("test-userns-export", script))
+    applied = ctrsh.run("apply", "-q", path)
+    assert applied.returncode == 0, applied.stderr
+    out = tmp_path / "run.sh"
+    assert ctrsh.run("export", path, "-o", str(out)).returncode == 0
+    exported = subprocess.run(["bash", str(out)], capture_output=True, text=True, env=ctrsh.env, timeout=120)
+    assert (exported.returncode, exported.stderr) == (0, "")
+    assert exported.stdout == applied.stdout
+    assert applied.stdout.splitlines()[1].split() == ["0", str(MAPPED), "65536"]
