@@ -13,8 +13,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from .conftest import Ctrsh
 
 USERNS = "namespaces: [user, mount, uts, ipc, pid, net]\n"
