@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .conftest import Ctrsh
+from .test_images import debian, debian_data  # noqa: F401  (fixtures: the cached Debian image)
 
 USERNS = "namespaces: [user, mount, uts, ipc, pid, net]\n"
 MAPPED = 100000  # root inside, by the default maps
@@ -255,3 +256,23 @@ def test_exported_script_makes_the_same_user_namespace(ctrsh: Ctrsh, tmp_path: P
     assert (exported.returncode, exported.stderr) == (0, "")
     assert exported.stdout == applied.stdout
     assert applied.stdout.splitlines()[1].split() == ["0", str(MAPPED), "65536"]
+
+
+def test_debian_in_a_user_namespace(debian: Ctrsh) -> None:  # noqa: F811  (the fixture)
+    """The tests' cached Debian image, shifted (once: the copy stays in that cache): apt runs, setuid
+    files keep their bit and are root's inside, host uid 100000's on disk, and none is host root's."""
+    script = "apt-get --version | head -1; id -u; stat -c '%a %u' /usr/bin/su /usr/bin/passwd; touch /var/lib/x"
+    r = debian.run(
+        "apply", "-q", debian.recipe(recipe("test-userns-deb", script, rootfs="{debootstrap: {suite: bookworm}}"))
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("apt ") and lines[1] == "0"
+    assert lines[2:] == ["4755 0", "4755 0"]
+    copies = [p for p in images_dir(debian).glob("bookworm-minbase-*.shift-*") if p.is_dir() and ".tmp-" not in p.name]
+    assert copies
+    for copy in copies:
+        su = (copy / "usr/bin/su").stat()
+        assert su.st_uid == MAPPED and su.st_mode & stat.S_ISUID
+        assert not (copy / "dev/null").exists()  # device nodes are left out: /dev is ctrsh's own
+        assert [p for p in copy.rglob("*") if p.lstat().st_uid == 0] == []
