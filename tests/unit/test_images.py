@@ -261,3 +261,13 @@ def test_userns_with_a_directory_rootfs_is_refused() -> None:
         "r.yaml:4:13: a user namespace needs a copy of the image with its owners shifted, made once and cached; a "
         "rootfs directory may change under it: use a tarball of it (tar -C DIR -c .) instead"
     ]
+
+
+def test_userns_with_a_terminal_is_refused() -> None:
+    text = "name: x\nprocess: {args: [a], terminal: true}\nrootfs: {busybox: {}}\n" + USERNS
+    with pytest.raises(RecipeError) as e:
+        compile_plan(parse(text, "r.yaml"), Facts())
+    assert str(e.value) == (
+        "r.yaml:2:32: a terminal is not supported with a user namespace yet: making the pty PID 1's controlling "
+        "terminal takes it from script(1)'s session, which needs CAP_SYS_ADMIN on the host"
+    )
