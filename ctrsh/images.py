@@ -138,7 +138,9 @@ def listing(facts: Facts) -> list[Image]:
     out = []
     for name in entries:
         path = f"{base}/{name}"
-        if name.startswith(".") or ".tmp-" in name or ".rm-" in name or SHIFT in name or not os.path.isdir(path):
+        if name.startswith(".") or ".tmp-" in name or ".rm-" in name or not os.path.isdir(path):
+            continue
+        if re.fullmatch(r".+\.shift-[0-9a-f]{12}", name):  # a shifted copy: counted under its image
             continue
         if os.path.islink(path):
             continue

@@ -271,3 +271,29 @@ def test_userns_with_a_terminal_is_refused() -> None:
         "r.yaml:2:32: a terminal is not supported with a user namespace yet: making the pty PID 1's controlling "
         "terminal takes it from script(1)'s session, which needs CAP_SYS_ADMIN on the host"
     )
+
+
+def test_images_count_and_rmi_removes_shifted_copies(tmp_path: Path) -> None:
+    from ctrsh.images import listing, remove
+
+    facts = dataclasses.replace(Facts(), state_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"))
+    images = tmp_path / "data" / "images"
+    for d in ("busybox", "busybox.shift-0123456789ab", "busybox.shift-0123456789ab.tmp-x", "busybox.shift-bad",
+              "other"):  # fmt: skip
+        (images / d).mkdir(parents=True)
+        (images / d / "f").write_text("1234")
+    (images / "busybox.shift-0123456789ab.source").write_text("busybox shifted\n")
+    (tmp_path / "run" / "c1").mkdir(parents=True)
+    (tmp_path / "run" / "c1" / "image").write_text(f"{images}/busybox.shift-0123456789ab\n")
+    rows = {im.name: im for im in listing(facts)}
+    assert set(rows) == {"busybox", "busybox.shift-bad", "other"}  # a copy is counted under its image
+    assert (rows["busybox"].shifted, rows["busybox"].used_by) == (1, ("c1",))
+    with pytest.raises(Exception, match="in use by: c1"):
+        remove(facts, "busybox")
+    (tmp_path / "run" / "c1" / "image").unlink()
+    remove(facts, "busybox")
+    left = sorted(p.name for p in images.iterdir())
+    # the copy and its .source went with the image; a build in progress and a name ctrsh never
+    # makes are not touched
+    assert left == ["busybox.lock", "busybox.shift-0123456789ab.lock", "busybox.shift-0123456789ab.tmp-x",
+                    "busybox.shift-bad", "other"]  # fmt: skip
