@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .conftest import Ctrsh
+from .conftest import ROOT, Ctrsh
 from .test_images import debian, debian_data  # noqa: F401  (fixtures: the cached Debian image)
 
 USERNS = "namespaces: [user, mount, uts, ipc, pid, net]\n"
@@ -276,3 +276,28 @@ def test_debian_in_a_user_namespace(debian: Ctrsh) -> None:  # noqa: F811  (the 
         assert su.st_uid == MAPPED and su.st_mode & stat.S_ISUID
         assert not (copy / "dev/null").exists()  # device nodes are left out: /dev is ctrsh's own
         assert [p for p in copy.rglob("*") if p.lstat().st_uid == 0] == []
+
+
+def test_parallel_first_copies_give_one_good_copy(dirs: dict[str, str], tmp_path: Path) -> None:
+    """Three containers of one image and maps started together, with no copy yet: each works, and one
+    copy is published (the others' builds are dropped, their work dirs removed)."""
+    fresh = Ctrsh({**dirs, "CTRSH_DATA_DIR": str(tmp_path / "data")}, tmp_path)
+    built = fresh.run("apply", "-q", fresh.recipe(recipe("test-userns-pbb", "true", ns=""), "bb.yaml"))
+    assert built.returncode == 0, built.stderr
+    procs = [
+        subprocess.Popen(
+            fresh.cmd("apply", "-q", fresh.recipe(recipe(f"test-userns-p{i}", "stat -c '%u %a' / /bin/busybox /tmp"),
+                                                  f"p{i}.yaml")),
+            env={**fresh.env, "CTRSH_STATE_DIR": f"{fresh.env['CTRSH_STATE_DIR']}-up{i}"},
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(3)
+    ]  # fmt: skip
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=180)
+        assert p.returncode == 0, stderr[-3000:]
+        assert stdout.split() == ["0", "755", "0", "755", "0", "1777"]
+    names = sorted(os.listdir(tmp_path / "data" / "images"))
+    copies = [n for n in names if ".shift-" in n and not n.endswith((".lock", ".source"))]
+    assert len(copies) == 1 and ".tmp-" not in copies[0], names
+    subprocess.run(["rm", "-rf", "--one-file-system", str(tmp_path / "data")], check=True)
