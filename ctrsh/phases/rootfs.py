@@ -102,7 +102,7 @@ cd "$2"
 { (cd "$1" && find . -xdev ! -type b ! -type c -print0 |
     tar --create --file=- --null --no-recursion --files-from=- --numeric-owner --xattrs --acls) ||
     echo failed >../create-failed; } |
-  nsenter --user="$3" -- tar --extract --file=- --numeric-owner --same-owner --same-permissions \
+  nsenter --user="$3" -- tar --extract --file=- --numeric-owner --same-owner --same-permissions \\
     --xattrs --xattrs-include='*' --acls
 [ ! -e ../create-failed ]
 """

@@ -136,7 +136,6 @@ done
 # Note: user namespace: bind volumes are used as they are: their host files appear as their mapped ids, and as nobody (65534) where the map has no id for their owner, so root inside may not be able to write them. /etc/hosts, hostname and resolv.conf are host root's (nobody inside: readable, not writable).
 # Note: user namespace: the network namespace is the host's root's (ip netns add), not the user namespace's: root inside has no capability over it, so binding ports below 1024 and raw sockets are refused. /sys is mounted by the host's root for the same reason (a sysfs mount from inside needs a net ns it owns).
 # Note: seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.
-# Note: keyrings: root inside shares host root's user keyring (keyrings are per uid; Docker's seccomp profile blocks keyctl and add_key, and only that or a user namespace would separate them).
 
 # == rootfs: provide the root filesystem ==
 if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
@@ -272,7 +271,8 @@ cd "$2"
 { (cd "$1" && find . -xdev ! -type b ! -type c -print0 |
     tar --create --file=- --null --no-recursion --files-from=- --numeric-owner --xattrs --acls) ||
     echo failed >../create-failed; } |
-  nsenter --user="$3" -- tar --extract --file=- --numeric-owner --same-owner --same-permissions     --xattrs --xattrs-include='"'"'*'"'"' --acls
+  nsenter --user="$3" -- tar --extract --file=- --numeric-owner --same-owner --same-permissions \
+    --xattrs --xattrs-include='"'"'*'"'"' --acls
 [ ! -e ../create-failed ]
 ' ctrsh-shift /var/lib/ctrsh/images/busybox /var/lib/ctrsh/images/busybox.shift-b4ce5efee5c9.tmp-userns/rootfs /run/ctrsh/userns/ns/user
   # Publish the finished build in one rename, under its lock: if another apply published it first, keep theirs and drop this copy. Later applies reuse it.
