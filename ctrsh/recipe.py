@@ -802,6 +802,9 @@ class Recipe:
         """uid_map/gid_map need the user namespace; `security.user` must be an id the maps have."""
         issues: Issues = []
         user = r.namespaces is not None and "user" in r.namespaces
+        if user and r.namespaces is not None and "pid" not in r.namespaces:
+            issues.append(("namespaces", "'user' needs 'pid': PID 1 mounts /proc, which root of a user namespace "
+                           "may do only for a PID namespace that namespace owns"))  # fmt: skip
         for key in ("uid_map", "gid_map"):
             if getattr(r, key) is not None and not user:
                 issues.append((key, f"{key} needs 'user' in namespaces (without a user namespace ids are the host's)"))

@@ -131,7 +131,7 @@ def test_json_schema_matches_the_loader() -> None:
     assert s["properties"]["rootfs"]["maxProperties"] == 1
 
 
-U = "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a]}\nnamespaces: [mount, user]\n"
+U = "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a]}\nnamespaces: [mount, user, pid]\n"
 IDMAP_CASES = [
     ("not three numbers", U + "uid_map: ['0 100000']\n",
      "r.yaml:5:11: uid_map[0]: '0 100000' is not 'INSIDE OUTSIDE COUNT' (three numbers, e.g. '0 100000 65536')"),
@@ -152,6 +152,9 @@ IDMAP_CASES = [
     ("too many lines", U + "uid_map: [" + ", ".join(f"'{i} {100000 + i} 1'" for i in range(341)) + "]\n",
      "r.yaml:5:10: uid_map: has 341 lines; the kernel takes at most 340\n"
      "r.yaml:5:10: uid_map: is more than 4095 bytes; the kernel reads a map in one write of under a page"),
+    ("user without pid", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a]}\nnamespaces: [user, mount]\n",
+     "r.yaml:4:13: namespaces: 'user' needs 'pid': PID 1 mounts /proc, which root of a user namespace may do "
+     "only for a PID namespace that namespace owns"),
     ("without user", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a]}\nuid_map: ['0 100000 65536']\n",
      "r.yaml:4:10: uid_map: uid_map needs 'user' in namespaces (without a user namespace ids are the host's)"),
     ("user not mapped", U + "uid_map: ['0 100000 1000']\nsecurity: {user: '1000:0'}\n",
