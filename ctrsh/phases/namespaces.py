@@ -31,7 +31,18 @@ def notes(c: Context) -> tuple[str, ...]:
     if not c.userns:
         return ()
     uid, gid = c.root_ids()
+    from ..recipe import parse_idmap
+
+    low = [line for line in (*c.recipe.idmaps()[0], *c.recipe.idmaps()[1]) if parse_idmap([line])[0][1] < 65536]
+    warn = (
+        (f"user namespace: the map puts container ids on host ids below 65536 ({'; '.join(low)}), where host "
+         "accounts live: a host user with one of those ids could signal or trace the container's processes and "
+         "read what they own. Docker's userns-remap takes a range above them (/etc/subuid).",)
+        if low
+        else ()
+    )  # fmt: skip
     return (
+        *warn,
         f"user namespace: root inside is host uid {uid} (gid {gid}), with capabilities over the container's own "
         "namespaces only. The image is used through a copy with its owners shifted by the maps (made once per "
         "image and maps, in DATA/images/IMAGE.shift-HASH: its size again on disk, and the time to copy it). An "
