@@ -434,7 +434,8 @@ def images(state_dir: StateDir = None, data_dir: DataDir = None) -> None:
     rows = [("NAME", "SIZE", "CREATED", "USED BY", "SOURCE")]
     for im in listing(detect(state_dir, data_dir)):
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(im.created))
-        rows.append((im.name, _size(im.size), created, ",".join(im.used_by) or "-", im.source))
+        shifted = f" (+{im.shifted} shifted for user namespaces, in the size)" if im.shifted else ""
+        rows.append((im.name, _size(im.size), created, ",".join(im.used_by) or "-", im.source + shifted))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
@@ -446,7 +447,7 @@ def rmi(
     state_dir: StateDir = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Remove a cached image; refused while a container uses it."""
+    """Remove a cached image and its shifted copies; refused while a container uses it."""
     from . import preflight
     from .facts import detect
     from .images import remove

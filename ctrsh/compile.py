@@ -35,6 +35,22 @@ def resolve(recipe: Recipe, facts: Facts) -> Context:
         problems.append(recipe.problem("process.init", "init needs tini-static on the host: apt-get install tini"))
     problems += cgroups.check(recipe, facts)
     problems += image_problems(recipe, facts) + mount_problems(recipe, facts)
+    if "user" in kinds and recipe.process.terminal:
+        problems.append(
+            recipe.problem(
+                "process.terminal",
+                "a terminal is not supported with a user namespace yet: making the pty PID 1's controlling "
+                "terminal takes it from script(1)'s session, which needs CAP_SYS_ADMIN on the host",
+            )
+        )
+    if "user" in kinds and recipe.rootfs.directory:
+        problems.append(
+            recipe.problem(
+                "namespaces",
+                "a user namespace needs a copy of the image with its owners shifted, made once and cached; a "
+                "rootfs directory may change under it: use a tarball of it (tar -C DIR -c .) instead",
+            )
+        )
     if problems:
         raise RecipeError(problems)
     return Context(recipe, facts, Paths(facts, recipe.name), kinds, hostname, net)

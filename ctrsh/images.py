@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -56,6 +57,35 @@ def lower_dir(recipe: Recipe, facts: Facts, paths: Paths) -> str | None:
     return paths.image(name) if name else None
 
 
+SHIFT = ".shift-"  # NAME.shift-HASH: a copy of image NAME with its owners shifted for a user namespace
+
+
+def shift_key(uid_map: tuple[str, ...], gid_map: tuple[str, ...]) -> str:
+    return hashlib.sha256(json.dumps([list(uid_map), list(gid_map)]).encode()).hexdigest()[:12]
+
+
+def shifted_dir(paths: Paths, image_dir: str, uid_map: tuple[str, ...], gid_map: tuple[str, ...]) -> str:
+    """The cached copy of an image whose owners are shifted by these maps: keyed by (image, maps)."""
+    return f"{image_dir}{SHIFT}{shift_key(uid_map, gid_map)}"
+
+
+def shifted_copies(image_dir: str) -> list[str]:
+    """Published shifted copies of an image (not builds in progress, nor ones being removed)."""
+    base, name = os.path.split(image_dir)
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        rest = entry[len(name) :]
+        path = f"{base}/{entry}"
+        published = os.path.isdir(path) and not os.path.islink(path)
+        if entry.startswith(name + SHIFT) and re.fullmatch(r"\.shift-[0-9a-f]{12}", rest) and published:
+            out.append(path)
+    return out
+
+
 @dataclass(frozen=True)
 class Image:
     name: str
@@ -63,6 +93,7 @@ class Image:
     size: int  # bytes
     created: float  # epoch seconds
     used_by: tuple[str, ...]
+    shifted: int = 0  # how many copies shifted for a user namespace it has (counted in size)
 
 
 def users(facts: Facts, image_dir: str) -> list[str]:
@@ -75,8 +106,9 @@ def users(facts: Facts, image_dir: str) -> list[str]:
     for name in names:
         try:
             with open(f"{facts.state_dir}/{name}/image") as f:
-                if f.read().strip() == image_dir:
-                    found.append(name)
+                used = f.read().strip()
+            if used == image_dir or (used.startswith(image_dir + SHIFT) and SHIFT not in image_dir):
+                found.append(name)
         except OSError:
             continue
     return found
@@ -108,6 +140,8 @@ def listing(facts: Facts) -> list[Image]:
         path = f"{base}/{name}"
         if name.startswith(".") or ".tmp-" in name or ".rm-" in name or not os.path.isdir(path):
             continue
+        if re.fullmatch(r".+\.shift-[0-9a-f]{12}", name):  # a shifted copy: counted under its image
+            continue
         if os.path.islink(path):
             continue
         try:
@@ -116,7 +150,9 @@ def listing(facts: Facts) -> list[Image]:
             created = os.stat(f"{path}.source").st_mtime
         except OSError:
             source, created = ("busybox" if name == "busybox" else "?"), os.stat(path).st_mtime
-        out.append(Image(name, source, du(path), created, tuple(users(facts, path))))
+        copies = shifted_copies(path)
+        size = du(path) + sum(du(copy) for copy in copies)
+        out.append(Image(name, source, size, created, tuple(users(facts, path)), len(copies)))
     return out
 
 
@@ -133,10 +169,20 @@ def remove(facts: Facts, name: str) -> str:
         if using:
             raise CtrshError(f"image {name!r} is in use by: {', '.join(using)}; stop or destroy them first")
         # Renamed first, so no apply can pick up a half-deleted image; then removed, never across mounts.
-        doomed = f"{path}.rm-{os.getpid()}-{int(time.time())}"
-        os.rename(path, doomed)
         import subprocess
 
+        # Its shifted copies first (each under its own lock: a build may be publishing one), then it.
+        for copy in shifted_copies(path):
+            with open(f"{copy}.lock", "a") as copy_lock:
+                fcntl.flock(copy_lock, fcntl.LOCK_EX)
+                doomed = f"{copy}.rm-{os.getpid()}-{int(time.time())}"
+                os.rename(copy, doomed)
+                subprocess.run(["rm", "-rf", "--one-file-system", doomed], check=True)
+                for extra in (f"{copy}.source",):
+                    if os.path.exists(extra):
+                        os.unlink(extra)
+        doomed = f"{path}.rm-{os.getpid()}-{int(time.time())}"
+        os.rename(path, doomed)
         subprocess.run(["rm", "-rf", "--one-file-system", doomed], check=True)
         for extra in (f"{path}.source",):
             if os.path.exists(extra):

@@ -339,8 +339,8 @@ def limits_of(pid: int) -> tuple[list[str], int, int, bool]:
         raise CtrshError(f"cannot read /proc/{pid}/status: the container's PID 1 is gone")
     bnd = int(st["CapBnd"], 16)
     caps = [c for i, c in enumerate(ALL_CAPS) if bnd & (1 << i)]
-    uid = int(st["Uid"].split()[0])
-    gid = int(st["Gid"].split()[0])
+    uid = inside_id(pid, "uid", int(st["Uid"].split()[0]))
+    gid = inside_id(pid, "gid", int(st["Gid"].split()[0]))
     return caps, uid, gid, st.get("NoNewPrivs", "0") == "1"
 
 
@@ -368,6 +368,18 @@ def rlimits_of(pid: int) -> list[str]:
     if not any(o.startswith("--nofile=") for o in out):
         raise CtrshError(f"cannot read /proc/{pid}/limits: the container's PID 1 is gone")
     return out
+
+
+def inside_id(pid: int, kind: str, host_id: int) -> int:
+    """A host uid/gid as PID's user namespace sees it (/proc/PID/uid_map, read from the host: lines
+    INSIDE OUTSIDE COUNT); the same id without a user namespace (0 0 4294967295)."""
+    for line in (_read(f"/proc/{pid}/{kind}_map") or "").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit():
+            first, outside, count = (int(p) for p in parts)
+            if outside <= host_id < outside + count:
+                return first + host_id - outside
+    raise CtrshError(f"the container's PID 1 runs as host {kind} {host_id}, which its user namespace has no id for")
 
 
 def env_of(pid: int) -> list[str]:
@@ -455,6 +467,20 @@ def _netns_of(paths: Paths, pid: int) -> str | None:
     raise CtrshError(f"{paths.name}: PID 1 is in a network namespace ctrsh did not make; not following it")
 
 
+def _check_user_ns(paths: Paths, pid: int) -> None:
+    """PID 1 is still in the user namespace ctrsh made (or the host's): limits_of translated its ids
+    with the map of the one it is in, and one of its own (no capability needed) could map a user to
+    root. Checked after the read, which is enough: no process can go back to an ancestor user
+    namespace."""
+    held = paths.nsfile("user")
+    expected = held if _is_namespace(held) else "/proc/1/ns/user"
+    if not _same(f"/proc/{pid}/ns/user", expected):
+        raise CtrshError(
+            f"{paths.name}: PID 1 has moved into a user namespace of its own, whose map says nothing about "
+            "who it is in the container's; exec does not follow it"
+        )
+
+
 def exec_argv(facts: Facts, name: str, pid: int, command: list[str], tty: bool) -> Argv:
     """Enter the container as its PID 1 is: its cgroups first (on the host), its resource limits,
     then every namespace, its root and working directory; then drop to PID 1's privileges with the trusted tools (fresh
@@ -465,6 +491,7 @@ def exec_argv(facts: Facts, name: str, pid: int, command: list[str], tty: bool) 
 
     paths = Paths(facts, name)
     caps, uid, gid, nnp = limits_of(pid)
+    _check_user_ns(paths, pid)  # after limits_of read PID 1's ids through its user namespace's map
     user = uid != 0 or gid != 0
     tools = [facts.busybox, facts.setpriv, *([facts.unshare] if user else []), facts.loader, *facts.setpriv_libs]
     run = [f"{FD3}/{os.path.basename(facts.loader)}", "--inhibit-cache", "--library-path", FD3]
@@ -482,8 +509,8 @@ def exec_argv(facts: Facts, name: str, pid: int, command: list[str], tty: bool) 
     )  # fmt: skip
     chain = (
         *cgroups.join_argv(facts, name),
-        # --cgroup: a cgroup namespace rooted at the container's cgroups (just joined), the view PID 1 has.
         "sh", "-c", OPEN_MNT, "ctrsh-open-mnt", paths.nsfile("mnt"),
+        # --cgroup: a cgroup namespace rooted at the container's cgroups (just joined), the view PID 1 has.
         "unshare", "--mount", *(("--cgroup",) if facts.cgroup_ns else ()), "--propagation", "private", "--",
         "sh", "-euc", EXEC_TOOLS, "ctrsh-exec-tools", paths.rootfs, *tools, "--", *inner,
     )  # fmt: skip

@@ -19,7 +19,8 @@ import yaml
 from . import schema, yamlload
 from .errors import Problem, RecipeError
 
-Namespace = Literal["mount", "uts", "ipc", "pid", "net", "cgroup"]
+Namespace = Literal["mount", "uts", "ipc", "pid", "net", "cgroup", "user"]
+# The default set; `user` is only made when a recipe lists it (it changes who owns the image's files).
 ALL_NAMESPACES: tuple[Namespace, ...] = ("mount", "uts", "ipc", "pid", "net", "cgroup")
 
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
@@ -115,6 +116,88 @@ def check_namespaces(value: list[str]) -> Issues:
             (None, "'mount' is required: without its own mount namespace, pivot_root would change the host's root")
         )
     return issues
+
+
+# --- user namespace maps -------------------------------------------------------------------------
+# A map line is the kernel's own "INSIDE OUTSIDE COUNT" (user_namespaces(7)): ids INSIDE..INSIDE+COUNT-1
+# of the container are host ids OUTSIDE..OUTSIDE+COUNT-1. Default: root inside is host 100000, 65536 ids.
+DEFAULT_IDMAP = ("0 100000 65536",)
+IDMAP_RE = re.compile(r"([0-9]{1,10}) +([0-9]{1,10}) +([0-9]{1,10})")
+MAX_ID = 2**32 - 1  # (uid_t)-1 is never a valid id: a range must end below it
+MAX_IDMAP_LINES = 340  # the kernel's limit since Linux 4.15 (UID_GID_MAP_MAX_EXTENTS)
+MAX_IDMAP_BYTES = 4095  # one write() of less than a page
+
+
+def parse_idmap(lines: list[str] | tuple[str, ...]) -> list[tuple[int, int, int]]:
+    """Valid lines -> (inside, outside, count); a line that does not parse is left out."""
+    out = []
+    for line in lines:
+        m = IDMAP_RE.fullmatch(line.strip()) if isinstance(line, str) else None
+        if m:
+            out.append((int(m.group(1)), int(m.group(2)), int(m.group(3))))
+    return out
+
+
+def map_id(ranges: list[tuple[int, int, int]], inside: int) -> int | None:
+    """The host id of an id inside, or None if the map leaves it out."""
+    for first, outside, count in ranges:
+        if first <= inside < first + count:
+            return outside + inside - first
+    return None
+
+
+def check_idmap(value: list[str]) -> Issues:
+    issues: Issues = []
+    if not value:
+        return [(None, "needs at least one line 'INSIDE OUTSIDE COUNT', e.g. '0 100000 65536'")]
+    if len(value) > MAX_IDMAP_LINES:
+        issues.append((None, f"has {len(value)} lines; the kernel takes at most {MAX_IDMAP_LINES}"))
+    if sum(len(str(v).strip()) + 1 for v in value) > MAX_IDMAP_BYTES:
+        issues.append(
+            (None, f"is more than {MAX_IDMAP_BYTES} bytes; the kernel reads a map in one write of under a page")
+        )
+    seen: list[tuple[int, int, int, int]] = []  # (inside, outside, count, index)
+    for i, line in enumerate(value):
+        if not isinstance(line, str):
+            continue
+        m = IDMAP_RE.fullmatch(line.strip())
+        if not m:
+            issues.append((i, f"{line!r} is not 'INSIDE OUTSIDE COUNT' (three numbers, e.g. '0 100000 65536')"))
+            continue
+        inside, outside, count = (int(g) for g in m.groups())
+        if count == 0:
+            issues.append((i, f"{line!r}: the count must be at least 1"))
+            continue
+        if inside + count > MAX_ID or outside + count > MAX_ID:
+            issues.append((i, f"{line!r}: the range overflows: ids end below {MAX_ID} (4294967295 is not an id)"))
+            continue
+        if outside == 0:
+            issues.append((i, f"{line!r} maps onto host id 0 (root): root inside would be root on the host"))
+            continue
+        for a, b, n, j in seen:
+            if inside < a + n and a < inside + count:
+                issues.append((i, f"{line!r}: its ids inside overlap those of [{j}] ({value[j]!r})"))
+                break
+            if outside < b + n and b < outside + count:
+                issues.append((i, f"{line!r}: its host ids overlap those of [{j}] ({value[j]!r})"))
+                break
+        else:
+            seen.append((inside, outside, count, i))
+    if not issues and map_id(parse_idmap(value), 0) is None:
+        issues.append((None, "must map id 0 inside: the container starts as root of its user namespace"))
+    return issues
+
+
+_IDMAP_DOC = (
+    "Lines 'INSIDE OUTSIDE COUNT' as the kernel reads them (needs 'user' in namespaces): container ids "
+    "INSIDE.. are host ids OUTSIDE... Default with 'user': ['0 100000 65536']. Host id 0 is never mapped."
+)
+IDMAP_FIELD_META = {
+    "doc": _IDMAP_DOC,
+    "check": check_idmap,
+    "partial": True,
+    "json": {"minItems": 1, "maxItems": MAX_IDMAP_LINES, "items": {"pattern": f"^{IDMAP_RE.pattern}$"}},
+}
 
 
 SIZE_RE = re.compile(r"([0-9]+)(?:\.([0-9]+))? ?([kmgtpe]?)(?:i?b)?", re.IGNORECASE)
@@ -707,6 +790,8 @@ class Recipe:
     network: Network | None = field(
         default=None, metadata={"doc": "Networking: mode none (default), host or bridge, with NAT and published ports."}
     )
+    uid_map: list[str] | None = field(default=None, metadata=IDMAP_FIELD_META)
+    gid_map: list[str] | None = field(default=None, metadata=IDMAP_FIELD_META)
     # Bookkeeping, not recipe keys: where each value was written (dotted path ->
     # line, col), so problems found after loading (in compile) still point at the text.
     positions: dict[str, schema.Pos] = field(default_factory=dict, compare=False, repr=False, metadata=schema.INTERNAL)
@@ -716,7 +801,34 @@ class Recipe:
     def rules(r: Recipe) -> Issues:
         if r.hostname is not None and r.namespaces is not None and "uts" not in r.namespaces:
             return [("hostname", "setting a hostname needs the 'uts' namespace (else it renames the host)")]
-        return []
+        return Recipe.user_rules(r)
+
+    @staticmethod
+    def user_rules(r: Recipe) -> Issues:
+        """uid_map/gid_map need the user namespace; `security.user` must be an id the maps have."""
+        issues: Issues = []
+        user = r.namespaces is not None and "user" in r.namespaces
+        if user and r.namespaces is not None and "pid" not in r.namespaces:
+            issues.append(("namespaces", "'user' needs 'pid': PID 1 mounts /proc, which root of a user namespace "
+                           "may do only for a PID namespace that namespace owns"))  # fmt: skip
+        for key in ("uid_map", "gid_map"):
+            if getattr(r, key) is not None and not user:
+                issues.append((key, f"{key} needs 'user' in namespaces (without a user namespace ids are the host's)"))
+        if user and r.security.user is not None:
+            uid, _, gid = r.security.user.partition(":")
+            for kind, value, lines in (("uid", uid, r.uid_map), ("gid", gid or uid, r.gid_map)):
+                if map_id(parse_idmap(lines or DEFAULT_IDMAP), int(value)) is None:
+                    issues.append(("security", f"security.user: {kind} {value} is not in {kind}_map, so it has no "
+                                   "host id: the switch to it would fail"))  # fmt: skip
+        return issues
+
+    def idmaps(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(uid_map, gid_map) as the kernel's lines, defaults filled in; normalised spacing."""
+
+        def norm(lines: list[str] | None) -> tuple[str, ...]:
+            return tuple(" ".join(map(str, t)) for t in parse_idmap(lines or DEFAULT_IDMAP))
+
+        return norm(self.uid_map), norm(self.gid_map)
 
     # The same rule for the JSON Schema.
     json_rules: ClassVar[dict[str, Any]] = {

@@ -35,6 +35,19 @@ class Context:
                 args.append(f"--{kind}={self.paths.nsfile(NSFILE[kind])}")
         return (*args, "--")
 
+    @property
+    def userns(self) -> bool:
+        return "user" in self.namespaces
+
+    def root_ids(self) -> tuple[int, int]:
+        """The host uid and gid of root inside: 0, 0 without a user namespace."""
+        if not self.userns:
+            return 0, 0
+        from ..recipe import map_id, parse_idmap
+
+        uids, gids = self.recipe.idmaps()
+        return map_id(parse_idmap(uids), 0) or 0, map_id(parse_idmap(gids), 0) or 0
+
 
 # Namespace kind -> the file name that keeps it alive (as in /proc/PID/ns/).
-NSFILE: dict[str, str] = {"mount": "mnt", "uts": "uts", "ipc": "ipc"}
+NSFILE: dict[str, str] = {"mount": "mnt", "uts": "uts", "ipc": "ipc", "user": "user"}

@@ -40,6 +40,8 @@ def mountpoints(c: Context) -> tuple[list[str], list[str]]:
     extra_dirs = [path for path, is_dir in extra if is_dir]
     for path in (*FIXED_DIRS, *extra_dirs, *(f.rsplit("/", 1)[0] for f in files)):
         parts = path.strip("/").split("/")
+        if parts == [""]:  # the parent of a file mounted at the top (/secret) is / itself
+            continue
         for i in range(1, len(parts) + 1):
             d = "/" + "/".join(parts[:i])
             if d not in dirs:
@@ -62,7 +64,11 @@ def steps(c: Context) -> list[Step]:
         sys_why = "/sys read-only, mounted from the container's network namespace so it lists only its interfaces."
     else:
         sys_why = "/sys read-only. With no network namespace of its own it lists the host's interfaces."
+    uid, gid = c.root_ids()
+    owned = c.userns  # a user namespace: what root inside writes must belong to its host ids
+    as_root = f",uid={uid},gid={gid}" if owned else ""
     return [
+        *rootfs.shift_steps(c),
         Step(
             "filesystem",
             ("mkdir", "-p", "-m", "0700", containers),
@@ -90,6 +96,18 @@ def steps(c: Context) -> list[Step]:
             ("sh", "-c", INSTALL_EACH, "ctrsh-files", *(f"{p.upper}{f}" for f in files)),
             _files_why(files),
         ),
+        *(
+            [
+                Step(
+                    "filesystem",
+                    ("chown", "-R", f"{uid}:{gid}", p.upper, p.work),
+                    f"The writable layer belongs to root inside (host {uid}:{gid}): the container's / and the "
+                    "dirs ctrsh made in it are root's own inside, not nobody's.",
+                )
+            ]
+            if owned
+            else []
+        ),
         *volumes.parent_modes(c, rootfs.lower_dir(c)),
         inside(
             ("mount", "-t", "overlay", "overlay", "-o",
@@ -106,13 +124,24 @@ def steps(c: Context) -> list[Step]:
             ("cp", "-a", f"{p.dev_template}/.", f"{root}/dev/"),
             "Fill /dev from the template: six devices, the fd links, the pts, shm and mqueue mount points.",
         ),
+        *(
+            [
+                inside(
+                    ("chown", f"{uid}:{gid}", f"{root}/dev"),
+                    "/dev itself belongs to root inside (its devices stay the host's root's: nobody inside).",
+                )
+            ]
+            if owned
+            else []
+        ),
         inside(
             ("mount", "-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec", "devpts",
              f"{root}/dev/pts"),
             "The container's own pty instance (newinstance): it cannot see the host's terminals.",
         ),
         inside(
-            ("mount", "-t", "tmpfs", "-o", "nosuid,nodev,noexec,mode=1777,size=65536k", "shm", f"{root}/dev/shm"),
+            ("mount", "-t", "tmpfs", "-o", f"nosuid,nodev,noexec,mode=1777,size=65536k{as_root}", "shm",
+             f"{root}/dev/shm"),
             "/dev/shm for POSIX shared memory, private to the container, 64 MiB as in Docker.",
         ),
         inside(

@@ -70,6 +70,9 @@ esac
 """
 
 
+USERNS_FD = 'exec 4<"$1"; shift; exec "$@"'  # $1 the user namespace's file, then the command
+
+
 def environment(c: Context) -> dict[str, str]:
     env = {"PATH": DEFAULT_PATH, "HOME": "/root" if c.recipe.security.user is None else "/"}
     if c.hostname is not None:
@@ -164,7 +167,7 @@ def start_script(c: Context) -> str:
             "# Resource limits, inherited by everything the container starts.",
             *rlimit_lines(c),
             "# Swap roots; the old one is detached with the trusted umount, not the image's.",
-            'cd "$root"',
+            *([] if c.userns else ['cd "$root"']),  # with a user ns, already there (sh's cd would walk the host path)
             "pivot_root . .oldroot",
             f"{TOOLS}/busybox umount -l /.oldroot",
             f"{TOOLS}/busybox rmdir /.oldroot 2>/dev/null || :",
@@ -188,12 +191,19 @@ def start_argv(c: Context) -> tuple[str, ...]:
     env = environment(c)
     new = [f"--{k}" for k in ("pid", "cgroup") if k in c.namespaces]
     setsid = ("setsid", "--ctty") if proc.terminal else ("setsid",)
+    # A user namespace: PID 1 is root inside it only, so it could not walk to its rootfs through the
+    # host's root-only state dir; it is entered there first (as the host's root) and uses "." after.
+    # Its file is bound in the host's mount namespace only: it is opened (fd 4) before entering the
+    # container's and joined through /proc/self/fd/4 (PID 1 closes every fd above 2 before the command).
+    userns = ("env", f"--chdir={c.paths.rootfs}", "nsenter", "--user=/proc/self/fd/4", "--")
     pid1 = (
-        "unshare", *new, "--fork", "--kill-child", "--",
+        *(userns if c.userns else ()), "unshare", *new, "--fork", "--kill-child", "--",
         "env", "-i", "--default-signal", f"PATH={SAFE_PATH}", *setsid, "sh", "-euc", start_script(c), "ctrsh-start",
-        c.paths.rootfs, proc.cwd, env["PATH"], str(len(env)), *(f"{k}={v}" for k, v in env.items()), *proc.args,
+        "." if c.userns else c.paths.rootfs, proc.cwd, env["PATH"], str(len(env)),
+        *(f"{k}={v}" for k, v in env.items()), *proc.args,
     )  # fmt: skip
-    enter = (*cgroups.join_prefix(c), *c.nsenter("mount", "uts", "ipc", "net"))
+    hold = ("sh", "-c", USERNS_FD, "ctrsh-userns-fd", c.paths.nsfile("user")) if c.userns else ()
+    enter = (*cgroups.join_prefix(c), *hold, *c.nsenter("mount", "uts", "ipc", "net"))
     if not proc.terminal:
         return (*enter, *pid1)
     # script(1) makes a new pty (in the container's devpts: see the bind below), relays the caller's

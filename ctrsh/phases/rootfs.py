@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from .. import images
-from ..plan import Argv, Step
+from ..plan import Argv, Phase, Step
 from . import Context
 
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
@@ -77,11 +77,66 @@ def steps(c: Context) -> list[Step]:
     return image + dev_template(c) + [sweep]
 
 
-def lower_dir(c: Context) -> str:
-    """The overlay's read-only lower layer: the cached image, or the recipe's directory."""
+def image_dir(c: Context) -> str:
+    """The cached image, or the recipe's directory."""
     lower = images.lower_dir(c.recipe, c.facts, c.paths)
     assert lower is not None
     return lower
+
+
+def lower_dir(c: Context) -> str:
+    """The overlay's read-only lower layer: the image, or with a user namespace its shifted copy."""
+    if c.userns:
+        return images.shifted_dir(c.paths, image_dir(c), *c.recipe.idmaps())
+    return image_dir(c)
+
+
+# Copy the image ($1) into this build's dir ($2, the cwd of the extracting tar) through the container's
+# user namespace ($3): the reading tar runs as the host's root, the writing one as root *inside*, so
+# every owner it sets is shifted by the maps (0 -> 100000) and an id the maps lack is an error.
+# Device nodes are left out (mknod is refused in a user namespace; ctrsh mounts its own /dev),
+# sockets are skipped by tar; setuid bits, hardlinks, xattrs (file capabilities become the namespace's
+# own) and ACLs are kept. No pipefail in sh: a failed reading side leaves a mark, checked at the end.
+SHIFT_COPY = """set -e
+cd "$2"
+{ (cd "$1" && find . -xdev ! -type b ! -type c -print0 |
+    tar --create --file=- --null --no-recursion --files-from=- --numeric-owner --xattrs --acls) ||
+    echo failed >../create-failed; } |
+  nsenter --user="$3" -- tar --extract --file=- --numeric-owner --same-owner --same-permissions \\
+    --xattrs --xattrs-include='*' --acls
+[ ! -e ../create-failed ]
+"""
+
+
+def shift_steps(c: Context) -> list[Step]:
+    """`user`: a copy of the image with its owners shifted by the maps, cached by (image, maps) and
+    built like an image (work dir, rename under a lock), after the user namespace exists."""
+    if not c.userns:
+        return []
+    shifted = lower_dir(c)
+    b = Build(c, "", image=shifted, phase="filesystem")
+    uid, gid = c.root_ids()
+    uids, gids = c.recipe.idmaps()
+    source = images.source_text(c.recipe.rootfs, c.facts)
+    return [
+        *b.start("a copy of the image shifted for the user namespace")[1:],
+        b.step(
+            ("chown", f"{uid}:{gid}", b.rootfs),
+            f"The copy's root belongs to root inside (host {uid}:{gid}), so the tar inside may write there.",
+        ),
+        b.step(
+            ("sh", "-c", SHIFT_COPY, "ctrsh-shift", image_dir(c), b.rootfs, c.paths.nsfile("user")),
+            "Copy the image, extracting as root of the user namespace: owners land shifted (0 -> host "
+            f"{uid}). Device nodes are skipped (/dev is ctrsh's own). Made once per image and maps.",
+            progress=True,
+        ),
+        *b.publish(f"{source} shifted uid {'; '.join(uids)} gid {'; '.join(gids)}"),
+        Step(
+            "filesystem",
+            ("rm", "-rf", "--one-file-system", b.work),
+            "Remove this apply's work dir for the copy, left behind if another apply published it first.",
+        ),
+    ]
 
 
 def record_image(c: Context) -> list[Step]:
@@ -98,14 +153,15 @@ def record_image(c: Context) -> list[Step]:
 class Build:
     """The steps that build one cached image in a work dir of this container's own, then publish it."""
 
-    def __init__(self, c: Context, name: str, image: str | None = None) -> None:
+    def __init__(self, c: Context, name: str, image: str | None = None, phase: Phase = "rootfs") -> None:
         self.c = c
+        self.phase = phase
         self.image = image or c.paths.image(name)
         self.work = f"{self.image}.tmp-{c.recipe.name}"  # unique: one container of a name at a time
         self.rootfs = f"{self.work}/rootfs"
 
     def step(self, argv: Argv, why: str, undo: Argv | None = None, progress: bool = False) -> Step:
-        return Step("rootfs", argv, why, undo=undo, creates=self.image, keep=True, progress=progress)
+        return Step(self.phase, argv, why, undo=undo, creates=self.image, keep=True, progress=progress)
 
     def start(self, what: str) -> list[Step]:
         return [

@@ -84,6 +84,8 @@ def steps(c: Context) -> list[Step]:
                 opts.append(f"size={m.size}")
             if m.mode:
                 opts.append(f"mode={m.mode}")
+            if c.userns:
+                opts += [f"uid={c.root_ids()[0]}", f"gid={c.root_ids()[1]}"]  # root inside owns it
             out.append(
                 inside(
                     ("mount", "-t", "tmpfs", "-o", ",".join(opts), "tmpfs", dst),
@@ -103,11 +105,15 @@ def steps(c: Context) -> list[Step]:
                     )
                 )
                 made_volumes_dir = True
+            uid, gid = c.root_ids()
             out.append(
                 Step(
                     "filesystem",
-                    ("mkdir", "-p", "-m", "0755", src),
-                    f"Volume {m.source!r}: made on first use, then kept (`ctrsh volumes` lists it).",
+                    ("install", "-d", "-m", "0755", "-o", str(uid), "-g", str(gid), src)
+                    if c.userns
+                    else ("mkdir", "-p", "-m", "0755", src),
+                    f"Volume {m.source!r}: made on first use, then kept (`ctrsh volumes` lists it)"
+                    + (f"; owned by root inside (host {uid}:{gid})." if c.userns else "."),
                     creates=src,
                 )
             )

@@ -239,3 +239,31 @@ def test_hostile_image_symlinks_cannot_redirect_mounts(ctrsh: Ctrsh, tmp_path: P
         assert not Path("/tmp/PRELOADED").exists()
     finally:
         shutil.rmtree(data)
+
+
+# The same hardening with a user namespace: every escape above still fails, and PID 1 has Docker's
+# capabilities (of its user namespace only), no_new_privs, and is root inside.
+USERNS = "namespaces: [user, mount, uts, ipc, pid, net]\n"
+
+
+@pytest.mark.parametrize("attack", list(ESCAPES), ids=list(ESCAPES))
+def test_escape_attempt_fails_in_a_user_namespace(ctrsh: Ctrsh, attack: str) -> None:
+    host_core = Path("/proc/sys/kernel/core_pattern").read_text()
+    script = f"if {{ {ESCAPES[attack]}; }} >/dev/null 2>&1; then echo ESCAPED; else echo refused; fi"
+    name = "test-uesc-" + "".join(c if c.isalnum() else "-" for c in attack)[:40].strip("-")
+    r = ctrsh.run("apply", "-q", ctrsh.recipe(recipe(name, script, USERNS)))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "refused\n", attack
+    assert Path("/proc/sys/kernel/core_pattern").read_text() == host_core
+
+
+def test_pid1_has_dockers_privileges_in_a_user_namespace(ctrsh: Ctrsh) -> None:
+    script = "grep -E '^(Cap|NoNewPrivs)' /proc/1/status; echo nofile:$(ulimit -Sn):$(ulimit -Hn); id; ls /proc/self/fd"
+    r = ctrsh.run("apply", "-q", ctrsh.recipe(recipe("test-ucaps", script, USERNS)))
+    assert r.returncode == 0, r.stderr
+    s = status(r.stdout)
+    assert (s["CapBnd"], s["CapPrm"], s["CapEff"]) == (DOCKER_CAPS,) * 3
+    assert (s["CapInh"], s["CapAmb"], s["NoNewPrivs"]) == ("0" * 16, "0" * 16, "1")
+    assert s["nofile"] == "1024:1024"
+    assert "uid=0(root) gid=0(root)" in r.stdout
+    assert r.stdout.splitlines()[-4:] == ["0", "1", "2", "3"]  # fd 4 (the user ns file) is closed before the command

@@ -222,3 +222,78 @@ def test_symlinked_targets_in_an_image(tmp_path: Path) -> None:
     assert escape_problem(str(root), "/up/x") is not None
     assert "/var/run -> /run" in (escape_problem(str(root), "/var/run/app") or "")
     assert os.path.isdir(root / "usr" / "lib")
+
+
+USERNS = "namespaces: [user, mount, pid]\n"
+
+
+def test_shifted_copy_is_keyed_by_image_and_maps() -> None:
+    def lower(text: str) -> str:
+        return next(c for c in compiled(text) if "lowerdir=" in c).split("lowerdir=")[1].split(",")[0]
+
+    base = "/var/lib/ctrsh/images/busybox"
+    plain = lower("rootfs: {busybox: {}}\n")
+    a = lower("rootfs: {busybox: {}}\n" + USERNS)
+    assert plain == base and a.startswith(base + ".shift-") and len(a) == len(base) + 7 + 12
+    assert a == lower("rootfs: {busybox: {}}\n" + USERNS + "uid_map: ['0  100000 65536']\n")  # same map, spaced
+    assert a != lower("rootfs: {busybox: {}}\n" + USERNS + "uid_map: ['0 200000 65536']\n")
+    assert a != lower("rootfs: {busybox: {}}\n" + USERNS + "gid_map: ['0 100000 1000']\n")
+    deb = lower("rootfs: {debootstrap: {suite: bookworm}}\n" + USERNS)
+    assert deb.split(".shift-")[1] == a.split(".shift-")[1] and deb.split(".shift-")[0] != base
+
+
+def test_userns_plan_owns_what_root_inside_writes() -> None:
+    text = ("rootfs: {busybox: {}}\n" + USERNS + "uid_map: ['0 200000 1000']\ngid_map: ['0 300000 1000']\n"
+            "mounts: [{type: volume, source: v, target: /v}, {type: tmpfs, target: /t}]\n")  # fmt: skip
+    cmds = compiled(text)
+    assert any(c.startswith("chown -R 200000:300000 /var/lib/ctrsh/containers/x/upper ") for c in cmds)
+    assert "install -d -m 0755 -o 200000 -g 300000 /var/lib/ctrsh/volumes/v" in cmds
+    assert any("mount -t tmpfs -o nosuid,nodev,uid=200000,gid=300000 tmpfs" in c for c in cmds)
+    unshare = next(c for c in cmds if c.startswith("unshare --user="))
+    assert unshare.endswith("--propagation private true")  # no command before the maps are written
+    start = cmds[-1]
+    assert "nsenter --user=/proc/self/fd/4 -- unshare --pid" in start and "ctrsh-start . /" in start
+
+
+def test_userns_with_a_directory_rootfs_is_refused() -> None:
+    files = HostFiles(base="/r", kinds={"/srv/root": "dir"})
+    assert problems("rootfs: {directory: {path: /srv/root}}\n" + USERNS, files) == [
+        "r.yaml:4:13: a user namespace needs a copy of the image with its owners shifted, made once and cached; a "
+        "rootfs directory may change under it: use a tarball of it (tar -C DIR -c .) instead"
+    ]
+
+
+def test_userns_with_a_terminal_is_refused() -> None:
+    text = "name: x\nprocess: {args: [a], terminal: true}\nrootfs: {busybox: {}}\n" + USERNS
+    with pytest.raises(RecipeError) as e:
+        compile_plan(parse(text, "r.yaml"), Facts())
+    assert str(e.value) == (
+        "r.yaml:2:32: a terminal is not supported with a user namespace yet: making the pty PID 1's controlling "
+        "terminal takes it from script(1)'s session, which needs CAP_SYS_ADMIN on the host"
+    )
+
+
+def test_images_count_and_rmi_removes_shifted_copies(tmp_path: Path) -> None:
+    from ctrsh.images import listing, remove
+
+    facts = dataclasses.replace(Facts(), state_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"))
+    images = tmp_path / "data" / "images"
+    for d in ("busybox", "busybox.shift-0123456789ab", "busybox.shift-0123456789ab.tmp-x", "busybox.shift-bad",
+              "other"):  # fmt: skip
+        (images / d).mkdir(parents=True)
+        (images / d / "f").write_text("1234")
+    (images / "busybox.shift-0123456789ab.source").write_text("busybox shifted\n")
+    (tmp_path / "run" / "c1").mkdir(parents=True)
+    (tmp_path / "run" / "c1" / "image").write_text(f"{images}/busybox.shift-0123456789ab\n")
+    rows = {im.name: im for im in listing(facts)}
+    assert set(rows) == {"busybox", "busybox.shift-bad", "other"}  # a copy is counted under its image
+    assert (rows["busybox"].shifted, rows["busybox"].used_by) == (1, ("c1",))
+    with pytest.raises(Exception, match="in use by: c1"):
+        remove(facts, "busybox")
+    (tmp_path / "run" / "c1" / "image").unlink()
+    remove(facts, "busybox")
+    left = sorted(p.name for p in images.iterdir())
+    # the copy and its .source went with the image; a build in progress and a name ctrsh never
+    # makes are not touched
+    assert left == ["busybox.lock", "busybox.shift-0123456789ab.lock", "busybox.shift-0123456789ab.tmp-x",
+                    "busybox.shift-bad", "other"]  # fmt: skip

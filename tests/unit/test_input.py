@@ -55,7 +55,7 @@ CASES = [
      "r.yaml:3:45: process.cwd: contains a tab, which only process.args may hold"),
     ("deep nesting", "name: x\n" + B + "z: " + "[" * 40 + "]" * 40 + "\n", "r.yaml:4:35: nested deeper than 32 levels"),
     ("namespaces: typo and duplicate at once", "name: x\nnamespaces: [mount, pdi, net, net]\n" + B,
-     "r.yaml:2:21: namespaces[1]: unknown value 'pdi'; did you mean 'pid'? (one of: mount, uts, ipc, pid, net, cgroup)\n"
+     "r.yaml:2:21: namespaces[1]: unknown value 'pdi'; did you mean 'pid'? (one of: mount, uts, ipc, pid, net, cgroup, user)\n"
      "r.yaml:2:31: namespaces[3]: 'net' is listed twice (first as namespaces[2])"),
     ("three bad env names, each at its key", R + "process:\n  args: [a]\n  env:\n    1A: b\n    B-C: d\n    ok: e\n    e f: g\n",
      "r.yaml:6:5: process.env: '1A' is not a valid variable name (letters, digits and '_', not starting with a digit)\n"

@@ -45,7 +45,7 @@ CASES = [
      f"r.yaml:2:11: hostname: '{'a' * 65}' is not a valid hostname: use at most 64 characters of letters, "
      "digits, '-' and '.', in dot-separated labels of at most 63 that start and end with a letter or digit"),
     ("unknown namespace", "name: x\nnamespaces: [mount, pdi]\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
-     "r.yaml:2:21: namespaces[1]: unknown value 'pdi'; did you mean 'pid'? (one of: mount, uts, ipc, pid, net, cgroup)"),
+     "r.yaml:2:21: namespaces[1]: unknown value 'pdi'; did you mean 'pid'? (one of: mount, uts, ipc, pid, net, cgroup, user)"),
     ("namespaces without mount", "name: x\nnamespaces: [pid]\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n",
      "r.yaml:2:13: namespaces: 'mount' is required: without its own mount namespace, "
      "pivot_root would change the host's root"),
@@ -127,6 +127,57 @@ def test_json_schema_matches_the_loader() -> None:
         "mounts",
         "dns",
         "network",
+        "uid_map",
+        "gid_map",
     }
-    assert s["properties"]["namespaces"]["items"]["enum"] == ["mount", "uts", "ipc", "pid", "net", "cgroup"]
+    assert s["properties"]["namespaces"]["items"]["enum"] == ["mount", "uts", "ipc", "pid", "net", "cgroup", "user"]
     assert s["properties"]["rootfs"]["maxProperties"] == 1
+
+
+U = "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a]}\nnamespaces: [mount, user, pid]\n"
+IDMAP_CASES = [
+    ("not three numbers", U + "uid_map: ['0 100000']\n",
+     "r.yaml:5:11: uid_map[0]: '0 100000' is not 'INSIDE OUTSIDE COUNT' (three numbers, e.g. '0 100000 65536')"),
+    ("host root", U + "uid_map: ['0 0 1']\n",
+     "r.yaml:5:11: uid_map[0]: '0 0 1' maps onto host id 0 (root): root inside would be root on the host"),
+    ("inside overlap", U + "gid_map: ['0 100000 10', '5 200000 10']\n",
+     "r.yaml:5:26: gid_map[1]: '5 200000 10': its ids inside overlap those of [0] ('0 100000 10')"),
+    ("host overlap", U + "uid_map: ['0 100000 10', '10 100005 10']\n",
+     "r.yaml:5:26: uid_map[1]: '10 100005 10': its host ids overlap those of [0] ('0 100000 10')"),
+    ("overflow", U + "uid_map: ['0 4294967000 1000']\n",
+     "r.yaml:5:11: uid_map[0]: '0 4294967000 1000': the range overflows: ids end below 4294967295 "
+     "(4294967295 is not an id)"),
+    ("zero count", U + "uid_map: ['0 100000 0']\n", "r.yaml:5:11: uid_map[0]: '0 100000 0': the count must be at least 1"),
+    ("root not mapped", U + "uid_map: ['1 100000 10']\n",
+     "r.yaml:5:10: uid_map: must map id 0 inside: the container starts as root of its user namespace"),
+    ("empty", U + "uid_map: []\n",
+     "r.yaml:5:10: uid_map: needs at least one line 'INSIDE OUTSIDE COUNT', e.g. '0 100000 65536'"),
+    ("too many lines", U + "uid_map: [" + ", ".join(f"'{i} {100000 + i} 1'" for i in range(341)) + "]\n",
+     "r.yaml:5:10: uid_map: has 341 lines; the kernel takes at most 340\n"
+     "r.yaml:5:10: uid_map: is more than 4095 bytes; the kernel reads a map in one write of under a page"),
+    ("user without pid", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a]}\nnamespaces: [user, mount]\n",
+     "r.yaml:4:13: namespaces: 'user' needs 'pid': PID 1 mounts /proc, which root of a user namespace may do "
+     "only for a PID namespace that namespace owns"),
+    ("without user", "name: x\nrootfs: {busybox: {}}\nprocess: {args: [a]}\nuid_map: ['0 100000 65536']\n",
+     "r.yaml:4:10: uid_map: uid_map needs 'user' in namespaces (without a user namespace ids are the host's)"),
+    ("user not mapped", U + "uid_map: ['0 100000 1000']\nsecurity: {user: '1000:0'}\n",
+     "r.yaml:6:11: security: security.user: uid 1000 is not in uid_map, so it has no host id: the switch to "
+     "it would fail"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text,expected", [c[1:] for c in IDMAP_CASES], ids=[c[0] for c in IDMAP_CASES])
+def test_idmap_errors(text: str, expected: str) -> None:
+    with pytest.raises(RecipeError) as e:
+        parse(text, "r.yaml")
+    assert str(e.value) == expected
+
+
+def test_idmap_defaults_and_all_problems_at_once() -> None:
+    r = parse(U, "r.yaml")
+    assert r.idmaps() == (("0 100000 65536",), ("0 100000 65536",))
+    r = parse(U + "uid_map: ['0  100000   1000', '1000 300000 1']\n", "r.yaml")
+    assert r.idmaps()[0] == ("0 100000 1000", "1000 300000 1")
+    with pytest.raises(RecipeError) as e:
+        parse(U + "uid_map: ['0 0 1']\ngid_map: ['x']\n", "r.yaml")
+    assert len(str(e.value).splitlines()) == 2
