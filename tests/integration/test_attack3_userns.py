@@ -1,0 +1,232 @@
+"""Attack 3: the user namespace (issue 6 item 6), as a hostile container, image, recipe and host user.
+
+Each test states what must hold; a failing one is an open hole (see attack3_notes.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pty
+import pwd
+import shutil
+import subprocess
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, Ctrsh
+
+USERNS = "namespaces: [user, mount, uts, ipc, pid, net]\n"
+MAPPED = 100000  # root inside, by the default maps
+HERE = Path(__file__).resolve().parent
+
+
+def recipe(name: str, script: str, extra: str = "", ns: str = USERNS) -> str:
+    return (
+        f"name: {name}\nrootfs: {{busybox: {{}}}}\n{ns}{extra}process:\n  args: [/bin/sh, -c, {json.dumps(script)}]\n"
+    )
+
+
+def wait_log(ctrsh: Ctrsh, name: str, text: str) -> str:
+    for _ in range(500):
+        out = ctrsh.run("logs", name).stdout
+        if text in out:
+            return out
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} never reached the log of {name}: {ctrsh.run('logs', name).stdout!r}")
+
+
+def pid1_of(ctrsh: Ctrsh, name: str) -> int:
+    return int(next(c["pid"] for c in json.loads(ctrsh.run("ps", "--json").stdout) if c["name"] == name))
+
+
+def as_host_user(uid: int, script: str) -> subprocess.CompletedProcess[str]:
+    """A process of another host user, one who happens to have this uid (no capabilities)."""
+    return subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", "sh", "-c", script],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+def static(tmp_path: Path, src: Path | str, name: str) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the probe")
+    if isinstance(src, str):
+        path = tmp_path / f"{name}.c"
+        path.write_text(src)
+        src = path
+    out = tmp_path / name
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(src)], check=True)
+    out.chmod(0o755)
+    tmp_path.chmod(0o755)  # the bind source must be reachable by root inside (nobody special on the host)
+    return out
+
+
+# --- a host user whose uid is in the map ----------------------------------------------------------
+# The default map is 100000-165535: on Debian and Ubuntu that is exactly the subordinate range
+# useradd gives the first user (SUB_UID_MIN 100000, SUB_UID_COUNT 65536 in /etc/login.defs), who can
+# then be any of those uids (newuidmap), and a host may have a real user there. Docker instead takes
+# a range of its own from /etc/subuid (user dockremap).
+
+
+def test_a_host_user_with_the_mapped_uid_cannot_signal_the_container(ctrsh: Ctrsh) -> None:
+    name = "test-a3-signal"
+    script = "trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done"
+    r = ctrsh.run("apply", "-d", ctrsh.recipe(recipe(name, script)))
+    assert r.returncode == 0, r.stderr
+    try:
+        wait_log(ctrsh, name, "ready\n")
+        pid = pid1_of(ctrsh, name)
+        stopped = as_host_user(MAPPED, f"kill -STOP {pid} && echo STOPPED; kill -CONT {pid}")
+        assert "STOPPED" not in stopped.stdout, "host uid 100000 can SIGSTOP/SIGKILL the container's processes"
+    finally:
+        d = ctrsh.run("destroy", "--force", name)
+    assert d.returncode == 0, d.stderr
+
+
+def test_a_host_user_with_the_mapped_uid_cannot_reach_the_containers_files(ctrsh: Ctrsh) -> None:
+    """/proc/PID/root of the container's processes: refused (they are not dumpable for that user)."""
+    name = "test-a3-procroot"
+    script = "echo s3cret >/root/secret; chmod 600 /root/secret; echo ready; while :; do sleep 0.1; done"
+    r = ctrsh.run("apply", "-d", ctrsh.recipe(recipe(name, script)))
+    assert r.returncode == 0, r.stderr
+    try:
+        wait_log(ctrsh, name, "ready\n")
+        pid = pid1_of(ctrsh, name)
+        probe = as_host_user(
+            MAPPED,
+            f"cat /proc/{pid}/root/root/secret; echo x >/proc/{pid}/root/tmp/planted && echo PLANTED; "
+            f"cat /proc/{pid}/environ",
+        )
+        assert "s3cret" not in probe.stdout and "PLANTED" not in probe.stdout and "HOSTNAME" not in probe.stdout
+        ex = ctrsh.run("exec", name, "/bin/sh", "-c", "ls /tmp")
+        assert "planted" not in ex.stdout
+    finally:
+        d = ctrsh.run("destroy", "--force", name)
+    assert d.returncode == 0, d.stderr
+
+
+def test_a_map_onto_an_existing_host_user_is_refused(ctrsh: Ctrsh) -> None:
+    """A recipe that makes root inside the host's `nobody` (or any account in /etc/passwd): that user
+    (and every daemon run as nobody) could signal the container, and its files would be the
+    container's root's. Expected: a recipe error, exit 2, nothing run (as for host id 0)."""
+    try:
+        nobody = pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        pytest.skip("no nobody in /etc/passwd")
+    extra = f"uid_map: ['0 {nobody} 1']\ngid_map: ['0 {nobody} 1']\n"
+    r = ctrsh.run("plan", ctrsh.recipe(recipe("test-a3-nobody", "true", extra)))
+    assert r.returncode == 2, f"a map onto host user nobody ({nobody}) is accepted:\n{r.stdout[-300:]}"
+
+
+# --- bad recipes ------------------------------------------------------------------------------------
+
+
+def test_user_without_pid_is_a_recipe_error(ctrsh: Ctrsh) -> None:
+    """Without a PID namespace of its own, root of the user namespace may not mount /proc: the start
+    fails halfway ('mount: ./proc: permission denied'). It should be refused before anything runs."""
+    ns = "namespaces: [user, mount, uts, ipc, net]\n"
+    r = ctrsh.run("apply", "-q", ctrsh.recipe(recipe("test-a3-nopid", "echo started", ns=ns)))
+    assert "started" not in r.stdout
+    assert r.returncode == 2, f"exit {r.returncode}, not a recipe error: {r.stderr[-400:]}"
+
+
+# --- a hostile container: a nested user namespace keeps every capability (no exec) ---------------
+
+
+def test_a_nested_user_namespace_reaches_nothing_of_the_hosts(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    probe = static(tmp_path, HERE / "attack3_nested.c", "nested")
+    mounts = f"mounts:\n  - {{type: bind, source: {probe}, target: /nested, readonly: true}}\n"
+    text = f"name: test-a3-nested\nrootfs: {{busybox: {{}}}}\n{USERNS}{mounts}process:\n  args: [/nested]\n"
+    host_core = Path("/proc/sys/kernel/core_pattern").read_text()
+    r = ctrsh.run("apply", "-q", ctrsh.recipe(text))
+    assert r.returncode == 0, r.stderr
+    got = dict(line.split(":", 1) for line in r.stdout.splitlines())
+    assert got["nested"] == "ok" and got["tmpfs"] == "ok", got  # its capabilities are real, over its own
+    for attempt in ("mount-proc", "mount-sysfs", "remount-proc-sys-rw", "remount-sys-rw", "unmask-acpi",
+                    "umount-proc-sys", "bind-proc-nonrecursive", "release-agent", "release-agent-named",
+                    "core-pattern", "sysrq"):  # fmt: skip
+        assert got[attempt] != "ok", (attempt, got)
+    assert Path("/proc/sys/kernel/core_pattern").read_text() == host_core
+    assert not Path("/proc/sys/fs/binfmt_misc/ctrsh-attack3").exists()
+
+
+# --- ctrsh exec into a user-namespace container ------------------------------------------------------
+
+
+def test_exec_cannot_type_into_the_callers_terminal(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    """`ctrsh exec` without -t, from an admin's terminal: the command (the container's, untrusted) must
+    not be in the caller's session with the caller's terminal as its own, or TIOCSTI types commands
+    into the admin's (host root) shell. Root inside being nobody on the host does not help."""
+    src = (
+        "#include <stdio.h>\n#include <errno.h>\n#include <string.h>\n#include <fcntl.h>\n#include <sys/ioctl.h>\n"
+        'int main(void) { const char *cmd = "echo INJECTED\\n"; int fds[4] = {0, 1, 2, -1};\n'
+        '  fds[3] = open("/dev/tty", O_RDWR);\n'
+        "  for (int i = 0; i < 4; i++) { int ok = 1;\n"
+        "    for (const char *c = cmd; *c; c++) if (ioctl(fds[i], TIOCSTI, c) < 0) { ok = 0; break; }\n"
+        '    printf("fd%d:%s\\n", i, ok ? "typed" : strerror(errno)); }\n  return 0; }\n'
+    )
+    probe = static(tmp_path, src, "tiocsti")
+    name = "test-a3-sti"
+    mounts = f"mounts:\n  - {{type: bind, source: {probe}, target: /tiocsti, readonly: true}}\n"
+    r = ctrsh.run("apply", "-d", ctrsh.recipe(recipe(name, "echo ready; while :; do sleep 0.1; done", mounts)))
+    assert r.returncode == 0, r.stderr
+    master, slave = pty.openpty()
+
+    def make_ctty() -> None:  # what a login does: a new session whose terminal is the pty
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    try:
+        wait_log(ctrsh, name, "ready\n")
+        proc = subprocess.run(
+            ctrsh.cmd("exec", name, "/tiocsti"),
+            env=ctrsh.env, cwd=ROOT, stdin=slave, stdout=slave, stderr=subprocess.PIPE, preexec_fn=make_ctty,
+            timeout=60,
+        )  # fmt: skip
+        os.set_blocking(master, False)
+        out = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(master, 4096):
+                out += chunk
+        os.set_blocking(slave, False)
+        typed = b""
+        with contextlib.suppress(BlockingIOError):  # what TIOCSTI pushed waits as input on the caller's side
+            typed = os.read(slave, 4096)
+    finally:
+        os.close(master)
+        os.close(slave)
+        d = ctrsh.run("destroy", "--force", name)
+    assert d.returncode == 0, d.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "typed" not in out.decode() and b"INJECTED" not in typed, out.decode()
+
+
+def test_exec_enters_the_user_namespace_as_pid1_is(ctrsh: Ctrsh) -> None:
+    name = "test-a3-exec"
+    r = ctrsh.run("apply", "-d", ctrsh.recipe(recipe(name, "echo ready; while :; do sleep 0.1; done")))
+    assert r.returncode == 0, r.stderr
+    try:
+        wait_log(ctrsh, name, "ready\n")
+        pid = pid1_of(ctrsh, name)
+        ex = ctrsh.run(
+            "exec",
+            name,
+            "/bin/sh",
+            "-c",
+            "grep -E '^(Uid|Gid|Groups|CapBnd|CapEff|NoNewPrivs)' /proc/self/status; readlink /proc/self/ns/user",
+        )
+        assert ex.returncode == 0, ex.stderr
+        st = dict(line.split(":", 1) for line in ex.stdout.splitlines() if ":" in line and "[" not in line)
+        p1 = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        assert st["Uid"].split() == ["0"] * 4 and st["Gid"].split() == ["0"] * 4 and st["Groups"].strip() == ""
+        assert st["CapBnd"].strip() == p1["CapBnd"].strip() and st["NoNewPrivs"].strip() == "1"
+        assert ex.stdout.splitlines()[-1] == os.readlink(f"/proc/{pid}/ns/user")
+    finally:
+        d = ctrsh.run("destroy", "--force", name)
+    assert d.returncode == 0, d.stderr
