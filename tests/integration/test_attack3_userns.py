@@ -230,3 +230,27 @@ def test_exec_enters_the_user_namespace_as_pid1_is(ctrsh: Ctrsh) -> None:
     finally:
         d = ctrsh.run("destroy", "--force", name)
     assert d.returncode == 0, d.stderr
+
+
+def test_exec_runs_no_container_binary_before_dropping_privileges(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    """PID 1 moves itself into a nested user + mount namespace of its own and mounts a tmpfs over
+    /proc there; `ctrsh exec` follows PID 1 into those namespaces (nsenter --target --all) and then
+    runs its loader as /proc/self/fd/3/...: that path is now the container's. What runs must never
+    have more than PID 1 has (its bounding set, no_new_privs)."""
+    probe = static(tmp_path, HERE / "attack3_hijack.c", "hijack")
+    name = "test-a3-hijack"
+    mounts = f"mounts:\n  - {{type: bind, source: {probe}, target: /hijack, readonly: true}}\n"
+    text = f"name: {name}\nrootfs: {{busybox: {{}}}}\n{USERNS}{mounts}process:\n  args: [/hijack]\n"
+    r = ctrsh.run("apply", "-d", ctrsh.recipe(text))
+    assert r.returncode == 0, r.stderr
+    try:
+        wait_log(ctrsh, name, "ready\n")
+        pid = pid1_of(ctrsh, name)
+        p1 = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        ex = ctrsh.run("exec", name, "/bin/true")
+        got = dict(line.split(":", 1) for line in ex.stdout.splitlines() if ":" in line)
+        assert "HIJACKED" not in ex.stdout, f"the container's binary ran as exec's loader with {got}"
+    finally:
+        d = ctrsh.run("destroy", "--force", name)
+    assert d.returncode == 0, d.stderr
+    assert p1["NoNewPrivs"].strip() == "1"
