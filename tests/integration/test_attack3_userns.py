@@ -254,3 +254,106 @@ def test_exec_runs_no_container_binary_before_dropping_privileges(ctrsh: Ctrsh, 
         d = ctrsh.run("destroy", "--force", name)
     assert d.returncode == 0, d.stderr
     assert p1["NoNewPrivs"].strip() == "1"
+
+
+# --- the shifted copy: cut-off builds and parallel first builds ----------------------------------
+
+
+def images_dir(ctrsh: Ctrsh) -> Path:
+    return Path(ctrsh.env["CTRSH_DATA_DIR"]) / "images"
+
+
+def big_tarball(ctrsh: Ctrsh, tmp_path: Path) -> Path:
+    """busybox plus a 192 MiB file: a shifted copy that takes a moment to make."""
+    build = ctrsh.run("apply", "-q", ctrsh.recipe(recipe("test-a3-bb", "true", ns=""), "bb.yaml"))
+    assert build.returncode == 0, build.stderr
+    tree = tmp_path / "tree"
+    subprocess.run(["cp", "-a", str(images_dir(ctrsh) / "busybox"), str(tree)], check=True)
+    with open(tree / "big", "wb") as f:
+        for _ in range(192):
+            f.write(os.urandom(1 << 20))
+    tar = tmp_path / "big.tar"
+    subprocess.run(["tar", "-C", str(tree), "--numeric-owner", "-cf", str(tar), "."], check=True)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(tree)], check=True)
+    return tar
+
+
+def _descendant_running(pgid: int, word: str) -> bool:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) != pgid:
+                continue
+            if word.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                return True
+        except (OSError, ProcessLookupError):
+            continue
+    return False
+
+
+def test_a_shift_copy_cut_off_by_kill_9_is_never_used_and_destroy_clears_it(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    import signal
+
+    tar = big_tarball(ctrsh, tmp_path)
+    rootfs = json.dumps({"tarball": {"path": str(tar)}})
+    name = "test-a3-kill"
+    text = f"name: {name}\nrootfs: {rootfs}\n{USERNS}process:\n  args: [/bin/sh, -c, 'wc -c </big; ls / | wc -l']\n"
+    path = ctrsh.recipe(text)
+    proc = subprocess.Popen(ctrsh.cmd("apply", "-q", path), env=ctrsh.env, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        for _ in range(30000):
+            if _descendant_running(proc.pid, "ctrsh-shift") or proc.poll() is not None:
+                break
+            time.sleep(0.001)
+        caught = proc.poll() is None
+        os.killpg(proc.pid, signal.SIGKILL)  # ctrsh and the copy it runs, mid-copy
+        proc.wait()
+        assert caught, "the copy finished before it could be cut off"
+        published = [p for p in images_dir(ctrsh).glob("tarball-*.shift-*") if p.is_dir() and "." not in p.name[-12:]]
+        published = [p for p in published if ".tmp-" not in p.name and ".rm-" not in p.name]
+        assert published == [], "a cut-off copy was published"
+        d = ctrsh.run("destroy", "--force", name)
+        assert d.returncode == 0, d.stderr
+        left = [p.name for p in images_dir(ctrsh).iterdir() if ".tmp-" in p.name]
+        assert left == [], f"destroy after kill -9 left build dirs: {left}"
+        again = ctrsh.run("apply", "-q", path)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.split()[0] == str(192 << 20)
+    finally:
+        ctrsh.run("destroy", "--force", name)
+        image = next((p.name for p in images_dir(ctrsh).glob("tarball-*") if ".shift-" not in p.name
+                      and p.is_dir() and ".tmp-" not in p.name), None)  # fmt: skip
+        if image:
+            assert ctrsh.run("rmi", image).returncode == 0
+        for p in images_dir(ctrsh).glob("tarball-*.shift-*.tmp-*"):  # what the hole leaves, so later tests run
+            subprocess.run(["rm", "-rf", "--one-file-system", str(p)], check=True)
+
+
+def test_two_first_builds_of_one_shift_copy_at_once(ctrsh: Ctrsh) -> None:
+    """Two containers with the same (fresh) maps start together: both run, one copy is published,
+    whole, and no build dir is left."""
+    maps = "uid_map: ['0 400000 65536']\ngid_map: ['0 400000 65536']\n"
+    build = ctrsh.run("apply", "-q", ctrsh.recipe(recipe("test-a3-bb2", "true", ns=""), "bb.yaml"))
+    assert build.returncode == 0, build.stderr
+    paths = [ctrsh.recipe(recipe(f"test-a3-par{i}", "ls /bin | wc -l; stat -c %u /bin/busybox", maps), f"p{i}.yaml")
+             for i in range(2)]  # fmt: skip
+    procs = [subprocess.Popen(ctrsh.cmd("apply", "-q", p), env=ctrsh.env, cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for p in paths]  # fmt: skip
+    outs = [p.communicate(timeout=120) for p in procs]
+    try:
+        for p, (_out, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err[-1500:]
+        assert outs[0][0] == outs[1][0] and outs[0][0].split()[1] == "0"
+        copies = [p for p in images_dir(ctrsh).glob("busybox.shift-*") if p.is_dir() and p.name.count(".") == 1]
+        made = [p for p in copies if (p / "bin/busybox").stat().st_uid == 400000]
+        assert len(made) == 1
+        image = images_dir(ctrsh) / "busybox"
+        assert len(list(made[0].rglob("*"))) == len(list(image.rglob("*")))
+        assert [p.name for p in images_dir(ctrsh).iterdir() if ".tmp-" in p.name] == []
+    finally:
+        for p in images_dir(ctrsh).glob("busybox.shift-*"):
+            if p.is_dir() and p.name.count(".") == 1 and (p / "bin/busybox").stat().st_uid == 400000:
+                subprocess.run(["rm", "-rf", "--one-file-system", str(p)], check=True)
+                Path(f"{p}.source").unlink(missing_ok=True)
