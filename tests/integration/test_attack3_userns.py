@@ -159,7 +159,8 @@ def test_a_nested_user_namespace_reaches_nothing_of_the_hosts(ctrsh: Ctrsh, tmp_
 # --- ctrsh exec into a user-namespace container ------------------------------------------------------
 
 
-def test_exec_cannot_type_into_the_callers_terminal(ctrsh: Ctrsh, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ns", [USERNS, ""], ids=["userns", "no-userns"])
+def test_exec_cannot_type_into_the_callers_terminal(ctrsh: Ctrsh, tmp_path: Path, ns: str) -> None:
     """`ctrsh exec` without -t, from an admin's terminal: the command (the container's, untrusted) must
     not be in the caller's session with the caller's terminal as its own, or TIOCSTI types commands
     into the admin's (host root) shell. Root inside being nobody on the host does not help."""
@@ -174,7 +175,7 @@ def test_exec_cannot_type_into_the_callers_terminal(ctrsh: Ctrsh, tmp_path: Path
     probe = static(tmp_path, src, "tiocsti")
     name = "test-a3-sti"
     mounts = f"mounts:\n  - {{type: bind, source: {probe}, target: /tiocsti, readonly: true}}\n"
-    r = ctrsh.run("apply", "-d", ctrsh.recipe(recipe(name, "echo ready; while :; do sleep 0.1; done", mounts)))
+    r = ctrsh.run("apply", "-d", ctrsh.recipe(recipe(name, "echo ready; while :; do sleep 0.1; done", mounts, ns)))
     assert r.returncode == 0, r.stderr
     master, slave = pty.openpty()
 
