@@ -233,7 +233,8 @@ def test_exec_enters_the_user_namespace_as_pid1_is(ctrsh: Ctrsh) -> None:
     assert d.returncode == 0, d.stderr
 
 
-def test_exec_runs_no_container_binary_before_dropping_privileges(ctrsh: Ctrsh, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ns", [USERNS, ""], ids=["userns", "no-userns"])
+def test_exec_runs_no_container_binary_before_dropping_privileges(ctrsh: Ctrsh, tmp_path: Path, ns: str) -> None:
     """PID 1 moves itself into a nested user + mount namespace of its own and mounts a tmpfs over
     /proc there; `ctrsh exec` follows PID 1 into those namespaces (nsenter --target --all) and then
     runs its loader as /proc/self/fd/3/...: that path is now the container's. What runs must never
@@ -241,7 +242,7 @@ def test_exec_runs_no_container_binary_before_dropping_privileges(ctrsh: Ctrsh, 
     probe = static(tmp_path, HERE / "attack3_hijack.c", "hijack")
     name = "test-a3-hijack"
     mounts = f"mounts:\n  - {{type: bind, source: {probe}, target: /hijack, readonly: true}}\n"
-    text = f"name: {name}\nrootfs: {{busybox: {{}}}}\n{USERNS}{mounts}process:\n  args: [/hijack]\n"
+    text = f"name: {name}\nrootfs: {{busybox: {{}}}}\n{ns}{mounts}process:\n  args: [/hijack]\n"
     r = ctrsh.run("apply", "-d", ctrsh.recipe(text))
     assert r.returncode == 0, r.stderr
     try:
