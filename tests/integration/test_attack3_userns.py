@@ -359,3 +359,16 @@ def test_two_first_builds_of_one_shift_copy_at_once(ctrsh: Ctrsh) -> None:
             if p.is_dir() and p.name.count(".") == 1 and (p / "bin/busybox").stat().st_uid == 400000:
                 subprocess.run(["rm", "-rf", "--one-file-system", str(p)], check=True)
                 Path(f"{p}.source").unlink(missing_ok=True)
+
+
+def test_root_inside_cannot_rewrite_its_maps(ctrsh: Ctrsh) -> None:
+    script = (
+        "for f in uid_map gid_map; do if echo '0 0 1' >/proc/self/$f; then echo $f:WRITTEN; else echo $f:refused; fi; done; "
+        "if echo deny >/proc/self/setgroups; then echo setgroups:WRITTEN; else echo setgroups:refused; fi; "
+        "cat /proc/self/uid_map"
+    )
+    r = ctrsh.run("apply", "-q", ctrsh.recipe(recipe("test-a3-maps", script)))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:3] == ["uid_map:refused", "gid_map:refused", "setgroups:refused"], lines
+    assert lines[3].split() == ["0", str(MAPPED), "65536"]
