@@ -26,10 +26,8 @@ MAPPED = 100000  # root inside, by the default maps
 HERE = Path(__file__).resolve().parent
 
 
-def recipe(name: str, script: str, extra: str = "", ns: str = USERNS) -> str:
-    return (
-        f"name: {name}\nrootfs: {{busybox: {{}}}}\n{ns}{extra}process:\n  args: [/bin/sh, -c, {json.dumps(script)}]\n"
-    )
+def recipe(name: str, script: str, extra: str = "", ns: str = USERNS, rootfs: str = "{busybox: {}}") -> str:
+    return f"name: {name}\nrootfs: {rootfs}\n{ns}{extra}process:\n  args: [/bin/sh, -c, {json.dumps(script)}]\n"
 
 
 def wait_log(ctrsh: Ctrsh, name: str, text: str) -> str:
@@ -372,3 +370,34 @@ def test_root_inside_cannot_rewrite_its_maps(ctrsh: Ctrsh) -> None:
     lines = r.stdout.splitlines()
     assert lines[:3] == ["uid_map:refused", "gid_map:refused", "setgroups:refused"], lines
     assert lines[3].split() == ["0", str(MAPPED), "65536"]
+
+
+def test_a_sparse_file_is_not_blown_up_by_the_shift_copy(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    """A tarball of a few KiB holding a sparse 512 MiB file unpacks sparse; the shifted copy is made
+    with `tar --create` without --sparse, so it writes every zero: a hostile image multiplies its size
+    on the host's disk at will (a sparse TiB fills /var/lib). The copy should take no more room than
+    its image."""
+    build = ctrsh.run("apply", "-q", ctrsh.recipe(recipe("test-a3-bb3", "true", ns=""), "bb.yaml"))
+    assert build.returncode == 0, build.stderr
+    tree = tmp_path / "tree"
+    subprocess.run(["cp", "-a", str(images_dir(ctrsh) / "busybox"), str(tree)], check=True)
+    with open(tree / "sparse", "wb") as f:
+        f.truncate(512 << 20)
+    tar = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "-C", str(tree), "--sparse", "--numeric-owner", "-cf", str(tar), "."], check=True)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(tree)], check=True)
+    assert tar.stat().st_size < 8 << 20
+    rootfs = json.dumps({"tarball": {"path": str(tar)}})
+    r = ctrsh.run("apply", "-q", ctrsh.recipe(recipe("test-a3-sparse", "wc -c </sparse", rootfs=rootfs)))
+    try:
+        assert r.returncode == 0, r.stderr
+        image = next(p for p in images_dir(ctrsh).glob("tarball-*") if ".shift-" not in p.name
+                     and p.is_dir() and ".tmp-" not in p.name)  # fmt: skip
+        copy = next(p for p in images_dir(ctrsh).glob(f"{image.name}.shift-*") if p.is_dir() and p.name.count(".") == 1)
+        used_image = (image / "sparse").stat().st_blocks * 512
+        used_copy = (copy / "sparse").stat().st_blocks * 512
+        assert used_copy <= used_image + (1 << 20), f"image {used_image} bytes on disk, its shifted copy {used_copy}"
+    finally:
+        for p in images_dir(ctrsh).glob("tarball-*"):
+            if ".shift-" not in p.name and p.is_dir() and ".tmp-" not in p.name:
+                assert ctrsh.run("rmi", p.name).returncode == 0
