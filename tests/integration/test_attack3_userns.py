@@ -401,3 +401,44 @@ def test_a_sparse_file_is_not_blown_up_by_the_shift_copy(ctrsh: Ctrsh, tmp_path:
         for p in images_dir(ctrsh).glob("tarball-*"):
             if ".shift-" not in p.name and p.is_dir() and ".tmp-" not in p.name:
                 assert ctrsh.run("rmi", p.name).returncode == 0
+
+
+def test_rmi_cannot_remove_a_shift_copy_an_apply_is_about_to_mount(ctrsh: Ctrsh) -> None:
+    """The apply publishes the shifted copy, then mounts it and only later records it as in use
+    (`record_image`, after the overlay mount) and holds no lock in between: an rmi in that window removes
+    the copy (and the image) under the container. Caught by stopping the apply right after the publish."""
+    import signal
+
+    build = ctrsh.run("apply", "-q", ctrsh.recipe(recipe("test-a3-bb4", "true", ns=""), "bb.yaml"))
+    assert build.returncode == 0, build.stderr
+    maps = "uid_map: ['0 600000 65536']\ngid_map: ['0 600000 65536']\n"
+    name = "test-a3-rmirace"
+    path = ctrsh.recipe(recipe(name, "cat /etc/passwd >/dev/null && echo image-ok || echo image-gone", maps))
+    from ctrsh.images import shifted_dir
+
+    copy = Path(shifted_dir(None, str(images_dir(ctrsh) / "busybox"), ("0 600000 65536",), ("0 600000 65536",)))  # type: ignore[arg-type]
+    work = Path(f"{copy}.tmp-{name}")
+    proc = subprocess.Popen(ctrsh.cmd("apply", "-q", path), env=ctrsh.env, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    stopped = False
+    try:
+        for _ in range(200000):
+            if copy.is_dir() and not (work / "rootfs").exists():
+                os.killpg(proc.pid, signal.SIGSTOP)
+                stopped = True
+                break
+            if proc.poll() is not None:
+                break
+        assert stopped, "the apply finished before the copy was seen"
+        rmi = ctrsh.run("rmi", "busybox", timeout=20)
+        os.killpg(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+        assert rmi.returncode != 0, f"rmi removed the image an apply was starting on: {out!r} {err[-300:]!r}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGCONT)
+            proc.wait(timeout=120)
+        ctrsh.run("destroy", "--force", name)
+        if copy.is_dir():
+            subprocess.run(["rm", "-rf", "--one-file-system", str(copy)], check=True)
+            Path(f"{copy}.source").unlink(missing_ok=True)
