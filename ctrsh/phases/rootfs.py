@@ -100,7 +100,7 @@ def lower_dir(c: Context) -> str:
 SHIFT_COPY = """set -e
 cd "$2"
 { (cd "$1" && find . -xdev ! -type b ! -type c -print0 |
-    tar --create --file=- --null --no-recursion --files-from=- --numeric-owner --xattrs --acls) ||
+    tar --create --file=- --null --no-recursion --files-from=- --numeric-owner --sparse --xattrs --acls) ||
     echo failed >../create-failed; } |
   nsenter --user="$3" -- tar --extract --file=- --numeric-owner --same-owner --same-permissions \\
     --xattrs --xattrs-include='*' --acls

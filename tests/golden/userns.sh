@@ -269,7 +269,7 @@ if [[ ! -e /var/lib/ctrsh/images/busybox.shift-b4ce5efee5c9 && ! -L /var/lib/ctr
   sh -c 'set -e
 cd "$2"
 { (cd "$1" && find . -xdev ! -type b ! -type c -print0 |
-    tar --create --file=- --null --no-recursion --files-from=- --numeric-owner --xattrs --acls) ||
+    tar --create --file=- --null --no-recursion --files-from=- --numeric-owner --sparse --xattrs --acls) ||
     echo failed >../create-failed; } |
   nsenter --user="$3" -- tar --extract --file=- --numeric-owner --same-owner --same-permissions \
     --xattrs --xattrs-include='"'"'*'"'"' --acls
