@@ -82,7 +82,7 @@ def test_detached_lifecycle(ctrsh: Ctrsh) -> None:
         assert lines[4] == "home=/root"
         assert lines[5].split() == ["0", "1", "2", "3"]  # 3: ls's own listing of /proc/self/fd
         assert lines[6] == "no-tools"
-        assert "nsenter --target=" in ex.stderr  # printed like apply's steps
+        assert "nsenter --mount=/proc/self/fd/4" in ex.stderr  # printed like apply's steps
         assert ctrsh.run("exec", name, "/bin/sh", "-c", "exit 6").returncode == 6
 
         # stop: SIGTERM to PID 1, which handles it and exits 7

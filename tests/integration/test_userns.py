@@ -76,7 +76,7 @@ def test_root_inside_is_nobody_on_the_host(ctrsh: Ctrsh, tmp_path: Path) -> None
         assert ex.returncode == 0, ex.stderr
         lines = ex.stdout.splitlines()
         assert lines[0] == "0" and lines[1].split() == ["0", str(MAPPED), "65536"]
-        assert "nsenter --target=" in ex.stderr
+        assert "nsenter --mount=/proc/self/fd/4" in ex.stderr
     finally:
         d = ctrsh.run("destroy", "--force", name)
     assert d.returncode == 0, d.stderr
