@@ -69,18 +69,23 @@ def test_fork_bomb_stops_at_pids_max(ctrsh: Ctrsh) -> None:
     with running(ctrsh, recipe("test-bomb", bomb, "resources: {pids: 64}\n")) as proc:
         pids = cgroup(ctrsh, "test-bomb", "pids")
         assert (pids / "pids.max").read_text() == "64\n"
+        # pids.peak (kernel 6.x) is the kernel's own high-water mark; sampling pids.current is the
+        # fallback, and under load it can miss the peak (the bomb's shells die as forks are refused).
+        has_peak = (pids / "pids.peak").exists()
         most, deadline = 0, time.monotonic() + 30  # a bound for a broken limit, not a timing assertion
-        while (most < 64 or not counters(pids / "pids.events").get("max")) and time.monotonic() < deadline:
+        while (not (has_peak or most >= 64) or not counters(pids / "pids.events").get("max")) and (
+            time.monotonic() < deadline
+        ):
             most = max(most, int((pids / "pids.current").read_text()))
             time.sleep(0.01)
         refused = counters(pids / "pids.events")["max"]
-        peak = int((pids / "pids.peak").read_text()) if (pids / "pids.peak").exists() else most
+        peak = int((pids / "pids.peak").read_text()) if has_peak else most
         # the host stays responsive: it can fork and run a command while the bomb is at its limit
         host = subprocess.run(["sh", "-c", "echo $((6 * 7))"], capture_output=True, text=True, timeout=10)
         code, out, err = finish(proc)
     print(f"fork bomb: {most} processes seen at most, peak {peak} (pids.peak), {refused} forks refused")
     assert refused > 0  # fork hit the limit
-    assert most == peak == 64  # it reached the limit and never passed it
+    assert peak == 64 and most <= 64  # it reached the limit and never passed it
     assert host.stdout == "42\n"
     assert (code, out, err) == (0, "", "")
 
