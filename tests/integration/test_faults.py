@@ -16,8 +16,11 @@ directory.
 
 Cost. Each case is one apply process (and one destroy for a kill), so:
   - the same case is run once: two recipes whose first K steps are the same commands (up to the
-    container's name) give the same fault at K (e.g. the busybox build and the namespaces of every
-    busybox recipe); `ctrsh plan` differs there only after K, and nothing after K runs;
+    container's name and which image is the overlay's read-only lower layer; skipped steps and
+    builds completed before K left out) give the same fault at K (e.g. the busybox build and the
+    namespaces of every recipe); they differ only after K, and nothing after K runs. A canary dir
+    is named only by the steps that mount it, so the cases before those cannot reach it;
+  - `fail-before:K` only where step K has an undo: without one it is `fail-after:K-1` again;
   - processes are forked from this one, which has ctrsh imported: the CLI runs as
     `python -m ctrsh` would, without ~200 ms of interpreter start and imports each;
   - long-running commands (web's httpd, ssh's sshd, the fork bomb) are replaced by short ones in the
@@ -197,7 +200,6 @@ class Setup:
     detached: bool
     canary_dirs: list[Path]
     volumes: list[str]  # named volumes: made on first use and kept, by design
-    canaries_only_here: bool = False
 
 
 def prepare(which: str, tmp: Path, data: str, busybox: Path) -> Setup:
@@ -238,7 +240,7 @@ def prepare(which: str, tmp: Path, data: str, busybox: Path) -> Setup:
         plant(tmp, which)
     path = tmp / f"{which}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return Setup(name, path, data, which in DETACHED, canary_dirs, volumes, which == "rootfs-directory")
+    return Setup(name, path, data, which in DETACHED, canary_dirs, volumes)
 
 
 def compile_plan(recipe: Path, state: str, data: str) -> Plan:
@@ -321,9 +323,7 @@ def _run_all(setup: Setup, state: str, fresh_data: str, tmp: Path) -> None:
         if case.fresh:
             shutil.rmtree(fresh_data, ignore_errors=True)
         sig = signature(the_plan, case, setup.detached, data)
-        if setup.canaries_only_here:
-            pass  # run every case here: the user's rootfs dir is checked in this recipe only
-        elif sig in SEEN:
+        if sig in SEEN:
             deduped += 1
             continue
         else:
