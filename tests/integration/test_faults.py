@@ -311,8 +311,16 @@ def _run_all(setup: Setup, state: str, fresh_data: str, tmp: Path) -> None:
     fresh_plan = compile_plan(setup.recipe, state, fresh_data)
     assert len(plan.steps) == len(fresh_plan.steps)
     marks = [canaries(d) for d in setup.canary_dirs]
-    before = {False: snapshot(state, setup.data)}
     failures: list[str] = []
+
+    def snap(d: str) -> dict[str, object]:
+        out = snapshot(state, d)
+        if d.startswith(DEBIAN_CACHE):  # shared with other test runs: only this container's residue counts
+            out["data dir"] = [e for e in out["data dir"] if setup.name in e]  # type: ignore[attr-defined]
+        return out
+
+    before = {False: snap(setup.data)}
+
     ran = skipped = deduped = 0
     started = time.monotonic()
     for case in cases(plan, fresh_plan):
@@ -329,10 +337,10 @@ def _run_all(setup: Setup, state: str, fresh_data: str, tmp: Path) -> None:
         else:
             SEEN.add(sig)
         if case.fresh:
-            before[True] = snapshot(state, fresh_data)
+            before[True] = snap(fresh_data)
         ran += 1
         problem = _one(setup, the_plan, case, {**base, "CTRSH_DATA_DIR": data}, apply_args, tmp)
-        after = snapshot(state, data)
+        after = snap(data)
         if case.fresh:  # a named volume made on first use is kept, by design (README)
             after["data dir"] = [d for d in after["data dir"] if d not in {f"volumes/{v}" for v in setup.volumes}]  # type: ignore[attr-defined]
         changed = {k: (v, after[k]) for k, v in before[case.fresh].items() if after[k] != v}
@@ -344,9 +352,9 @@ def _run_all(setup: Setup, state: str, fresh_data: str, tmp: Path) -> None:
             step = the_plan.steps[case.k - 1]
             failures.append(f"{case.mode}:{case.k} ({step.phase}: {step.command[:160]}){problem}")
             _clean(setup, state, data, tmp)
-            if snapshot(state, data) != before[case.fresh]:
+            if snap(data) != before[case.fresh]:
                 _force_clean(setup, state, data)
-                now = snapshot(state, data)
+                now = snap(data)
                 if now != before[case.fresh]:
                     failures.append(
                         f"  ... and it could not be cleaned up: {_diff({k: (v, now[k]) for k, v in before[case.fresh].items() if now[k] != v})}"
