@@ -218,8 +218,8 @@ def prepare(which: str, tmp: Path, data: str, busybox: Path) -> Setup:
     else:
         doc = yaml.safe_load((ROOT / f"recipes/{which}.yaml").read_text())
         doc["name"] = name
-        if doc.get("hostname") == which:
-            doc["hostname"] = name  # renamed with it, so recipes that differ only by name share their cases
+        if "hostname" in doc:
+            doc["hostname"] = name  # renamed with it, so recipes that differ only by names share their cases
         if which in SHORT:
             doc["process"]["args"] = SHORT[which]
         canary_dirs = [tmp]
