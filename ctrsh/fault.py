@@ -4,8 +4,8 @@
     CTRSH_FAULT=fail-after:K    step K runs, then is reported as failed (it took effect)
     CTRSH_FAULT=kill:K          ctrsh SIGKILLs itself right after step K and its journal write
 
-K counts the plan's steps from 1, as `ctrsh plan` counts them ("N steps") and as a failing
-step is named ("step K of N failed"). The fault strikes only if step K runs: a step skipped
+K is the step's number in `ctrsh plan` ("# K. why"), counted from 1, as a failing step is
+named ("step K of N failed"). The fault strikes only if step K runs: a step skipped
 because its result exists (a cached image) is not faulted, and ctrsh says so.
 
 It is honoured only together with CTRSH_FAULT_INJECTION=break-this-apply, and then
