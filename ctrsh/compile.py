@@ -68,7 +68,21 @@ def compile_plan(recipe: Recipe, facts: Facts) -> Plan:
         notes=notes,
         terminal=recipe.process.terminal,
         command=tuple(recipe.process.args),
+        oom_counter=_oom_counter(ctx.paths.facts, recipe.name),
+        lock=_lock(ctx.paths.facts, recipe.name),
     )
+
+
+def _oom_counter(facts: Facts, name: str) -> str:
+    from .phases.cgroups import oom_counter
+
+    return oom_counter(facts, name) or ""
+
+
+def _lock(facts: Facts, name: str) -> str:
+    from .lock import lock_path
+
+    return lock_path(facts.state_dir, name)
 
 
 def printable(text: str) -> str:

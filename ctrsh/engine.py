@@ -18,6 +18,7 @@ from typing import Any
 from . import DEFAULT_GC, oom, safepath
 from .errors import StepFailed
 from .facts import Paths
+from .fault import Fault
 from .journal import Journal
 from .plan import Argv, Plan, Step, join
 from .signals import Interrupted, Signals, shielded
@@ -270,6 +271,37 @@ def already_undone(undo: Argv) -> bool:
     return False
 
 
+def target_exists(undo: Argv) -> bool | None:
+    """Is what this undo removes there now? None where its shape does not tell."""
+    from .firewall import LINK_UNDO
+
+    if undo[:1] == ("umount",):
+        return mounted(undo[-1])
+    if undo[:3] == ("ip", "netns", "delete"):
+        return os.path.lexists(f"/run/netns/{undo[3]}")
+    if undo[:1] == ("rmdir",):
+        return any(os.path.lexists(p) for p in undo[1:] if not p.startswith("-"))
+    if undo[:3] == ("rm", "-rf", "--one-file-system"):
+        return any(os.path.lexists(p) for p in undo[3:])
+    if undo[:2] == ("sh", "-c") and undo[3:4] == ("ctrsh-kill",):
+        return any(os.path.isdir(d) for d in undo[5:])
+    if undo[:4] == ("sh", "-euc", LINK_UNDO, "ctrsh-undo"):
+        return os.path.lexists(f"/sys/class/net/{undo[4]}")
+    return None
+
+
+def _faulted_before(fault: Fault | None, index: int, step: Step, journal: Journal) -> None:
+    """Test fault injection (fault.py): step `index` fails without running."""
+    if fault and fault.fails_before(index):
+        raise StepFailed(_failure(step.argv, f"fault injected ({fault.mode}:{index}): failed before it ran", b""))
+
+
+def _faulted_after(fault: Fault | None, index: int, step: Step, journal: Journal) -> None:
+    """Test fault injection (fault.py): step `index` ran, and is reported as failed."""
+    if fault and fault.fails_after(index):
+        raise StepFailed(_failure(step.argv, f"fault injected ({fault.mode}:{index}): it ran, then failed", b""))
+
+
 def run_detached(argv: Argv, lock_fd: int) -> None:
     """Start the holder (`setsid --fork`: it returns at once), with the lock's open file on fd 9
     (dup2 in the child only: ctrsh's own fd 9, if any, is left alone)."""
@@ -336,6 +368,9 @@ def apply(
     the journal for `ctrsh stop`/`destroy` (the name's lock, open on lock_fd, is passed on to it)."""
     journal = Journal(journal_path)
     signals = Signals(mnt_nsfile, trace)
+    from .fault import from_env
+
+    fault = from_env()  # tests only (fault.py): None unless armed
     if grace is not None:
         signals.grace = grace
     code = 0
@@ -346,29 +381,51 @@ def apply(
                 if step.creates and os.path.lexists(step.creates):
                     trace.skip(step)
                     journal.shared(step)
+                    if fault:
+                        fault.skipped(index)
                     continue
                 if step.foreground and detach is not None:
-                    _detach(plan, step, detach, trace, signals, lock_fd)
+                    try:
+                        _faulted_before(fault, index, step, journal)
+                        _detach(plan, step, detach, trace, signals, lock_fd)
+                        _faulted_after(fault, index, step, journal)
+                    except StepFailed as e:
+                        signals.check()
+                        raise StepFailed(f"step {index} of {len(plan.steps)} failed ({step.phase}): {e}") from None
+                    if fault:
+                        fault.kill_after(index)
                     return 0
                 trace.step(step)
+                # Was what the undo removes there before the step? Then a failure of the step leaves it
+                # alone: it is not ours (`ip netns add x` failing because x exists must not delete x).
+                existed = step.undo is not None and target_exists(step.undo)
                 journal.intend(step)  # before it runs: a kill -9 mid-step still leaves its undo for destroy
-                if step.foreground:
-                    with signals.container():
-                        code = run_foreground(step.argv, relay=not plan.terminal)
-                    if signals.stopped_by_ctrl_c:
-                        code = 130
-                    elif count := oom.kills(oom_counter):
-                        code, line = oom.verdict(count, code, oom.limit(oom_counter))
-                        say(line)
-                else:
-                    try:
+                try:
+                    _faulted_before(fault, index, step, journal)
+                    if step.foreground:
+                        with signals.container():
+                            code = run_foreground(step.argv, relay=not plan.terminal)
+                        if signals.stopped_by_ctrl_c:
+                            code = 130
+                        elif count := oom.kills(oom_counter):
+                            code, line = oom.verdict(count, code, oom.limit(oom_counter))
+                            say(line)
+                    else:
                         (run_live if step.progress else run_step)(step.argv)
-                    except StepFailed as e:
-                        signals.check()  # the step died of the user's Ctrl-C: that is an interruption
-                        # It failed and said so: it made nothing (a name that exists is not ours to remove).
+                    _faulted_after(fault, index, step, journal)
+                except StepFailed as e:
+                    signals.check()  # the step died of the user's Ctrl-C: that is an interruption
+                    if existed:
+                        # What its undo removes was there before: not ours to remove.
                         journal.failed(step)
-                        raise StepFailed(f"step {index} of {len(plan.steps)} failed ({step.phase}): {e}") from None
+                    # Else it may have taken effect before failing (`mkdir A A/b` made A, then failed on
+                    # A/b): its undo stays, unsure, and rolls back whatever it made. (Undos whose target
+                    # target_exists cannot tell check ownership themselves: rules tagged ctrsh:NAME,
+                    # leases and shared pieces by this container's name, cgroup parents only if unused.)
+                    raise StepFailed(f"step {index} of {len(plan.steps)} failed ({step.phase}): {e}") from None
                 journal.done(step)
+                if fault:
+                    fault.kill_after(index)
             signals.check()
         except BaseException as e:
             if isinstance(e, StepFailed):  # say what failed before the rollback output, not after it

@@ -40,7 +40,7 @@ for fd in /proc/"$$"/fd/*; do
   fd=${{fd##*/}}
   if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
 done
-undos=()  # commands that reverse what has run, oldest first
+@LOCK@undos=()  # commands that reverse what has run, oldest first
 stop=0    # set by a signal, acted on between steps: no step runs without its undo registered
 cleanup() {{
   local rc=$? i
@@ -50,6 +50,7 @@ cleanup() {{
   for ((i = ${{#undos[@]}} - 1; i >= 0; i--)); do
     eval "${{undos[i]}}" || echo "$0: undo failed: ${{undos[i]}}" >&2
   done
+  rm -f -- "$lock"  # the container is gone: its lock file goes, while still held (as apply does)
   exit "$rc"
 }}
 # After a step that changed the host: register what reverses it, then stop if asked to.
@@ -127,9 +128,9 @@ run_container() {{
   if ((!terminal)) && [[ -t 1 || -t 2 ]]; then
     # No terminal of its own: then it must not hold the caller's either (it could read what is
     # typed there): its output goes through pipes, copied to the terminal by cat.
-    if [[ -t 0 ]]; then "$@" </dev/null > >(cat) 2> >(cat >&2) & else "$@" > >(cat) 2> >(cat >&2) & fi
+    if [[ -t 0 ]]; then "$@" </dev/null > >(cat) 2> >(cat >&2) 9>&- & else "$@" > >(cat) 2> >(cat >&2) 9>&- & fi
   else
-    "$@" <&0 &
+    "$@" <&0 9>&- &
   fi
   container=$!
   set +e
@@ -141,7 +142,38 @@ run_container() {{
   done
   set -e
   container=0
+  if ((!stop)); then rc=$(oom_check "$rc"); fi
   return "$rc"
+}}
+# As apply: once the container has exited, and before teardown removes its cgroup, say whether the
+# kernel's OOM killer struck there, from the cgroup's oom_kill counter, and exit 137 if it killed PID 1
+# (util-linux 2.38's `unshare --fork` exits 1 when its child dies of SIGKILL). $1: the exit code;
+# prints the one to use.
+oom_counter={oom_counter}
+oom_check() {{
+  local key value n=0 f limit="" at="" what
+  if [[ -z $oom_counter || ! -r $oom_counter ]]; then echo "$1"; return; fi
+  while read -r key value; do if [[ $key == oom_kill ]]; then n=$value; fi; done <"$oom_counter"
+  if ((n == 0)); then echo "$1"; return; fi
+  for f in memory.limit_in_bytes memory.max; do
+    if [[ -r ${{oom_counter%/*}}/$f ]]; then read -r limit <"${{oom_counter%/*}}/$f"; break; fi
+  done
+  if [[ $limit =~ ^[0-9]+$ ]] && ((limit < 1 << 62)); then  # not unlimited (v1: near 2^63, v2: max)
+    if ((limit % (1 << 30) == 0)); then at=$((limit >> 30))G
+    elif ((limit % (1 << 20) == 0)); then at=$((limit >> 20))M
+    elif ((limit % 1024 == 0)); then at=$((limit >> 10))k
+    else at=$limit; fi
+    at=" at its memory limit (memory: $at)"
+  fi
+  what="$n process"
+  if ((n > 1)); then what="$n processes"; fi
+  if (($1 == 137 || $1 == 1)); then
+    echo "$0: the container was OOM-killed: the kernel's OOM killer killed $what$at" >&2
+    echo 137
+  else
+    echo "$0: the kernel's OOM killer killed $what in the container$at; its PID 1 exited $1" >&2
+    echo "$1"
+  fi
 }}
 trap 'on_signal INT 130' INT
 trap 'on_signal TERM 143' TERM
@@ -155,9 +187,33 @@ done
 """
 
 
+# One name, one container: the lock `ctrsh apply` takes (lock.py), taken the same way with util-linux
+# flock(1), so an apply and this script of one name never run together. Held on fd 9 until the
+# script exits; the container does not get it. $lock's dir is the state dir's parent.
+LOCK = """\
+lock={lock}
+mkdir -p -- "${{lock%/*}}"
+for ((i = 0; ; i++)); do
+  if [[ -L $lock ]]; then echo "$0: $lock is a symlink: not using it" >&2; exit 125; fi
+  umask=$(umask)
+  umask 077  # a new lock file is root's alone, as apply makes it
+  exec 9<>"$lock"
+  umask "$umask"
+  if ! flock -w 0.1 9; then  # -w: over `ctrsh ps`, which holds it for an instant to look
+    echo "$0: a container named {name} is running (pid $(<"$lock")); ctrsh stop {name} stops it" >&2
+    exit 125
+  fi
+  if [[ /proc/$$/fd/9 -ef $lock ]]; then break; fi  # removed by its last holder meanwhile: lock the new one
+  if ((i >= 100)); then echo "$0: cannot take $lock" >&2; exit 125; fi
+done
+echo $$ >"$lock"  # who holds it: `ctrsh stop` and `destroy --force` send this script SIGTERM
+"""
+
+
 def export_header(plan: Plan, title: str | None = None) -> str:
-    """The script's start: checks, the undo list, the EXIT trap and the signal handling, for the
-    container `plan` runs in the foreground."""
+    """The script's start: checks, the name's lock, the undo list, the EXIT trap and the signal
+    handling, for the container `plan` runs in the foreground."""
+    lock = LOCK.format(lock=shlex.quote(plan.lock), name=plan.name) if plan.lock else 'lock=""\n'
     return HEADER.format(
         title=title or f'Container "{plan.name}"',
         version=__version__,
@@ -165,7 +221,8 @@ def export_header(plan: Plan, title: str | None = None) -> str:
         nsfile=shlex.quote(plan.container_ns),
         terminal=int(plan.terminal),
         safe_path=SAFE_PATH,
-    )
+        oom_counter=shlex.quote(plan.oom_counter) if plan.oom_counter else '""',
+    ).replace("@LOCK@", lock)
 
 
 def export_steps(plan: Plan, start: str | None = None) -> list[str]:

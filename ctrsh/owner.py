@@ -61,6 +61,8 @@ def not_ours(directory: str, paths: Paths) -> str | None:
     try:
         fd = os.open(f"{directory}/{MARK}", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
+        if _bare(directory, paths):
+            return None
         return f"no ctrsh ownership mark ({MARK})"
     try:
         mst = os.fstat(fd)
@@ -72,6 +74,39 @@ def not_ours(directory: str, paths: Paths) -> str | None:
     if text != content(paths) + "\n":
         return f"its {MARK} is another container's or another ctrsh instance's"
     return None
+
+
+# What a container dir holds between its mkdir and its mark (ctrsh killed in between): empty dirs
+# the mkdir made, and the journal written once the mkdir was done.
+BARE = {"state": ({"ns", "rootfs"}, {"journal", "journal.tmp"}), "layer": ({"work"}, set())}
+
+
+def _bare(directory: str, paths: Paths) -> bool:
+    """An unmarked dir is still ctrsh's if it is exactly what its mkdir makes (the mark is the next
+    step): only the empty subdirs of that mkdir and the journal, all root's. Removing it removes no
+    one's data."""
+    kind = "state" if directory == paths.state else "layer" if directory == paths.layer else None
+    if kind is None:
+        return False
+    dirs, files = BARE[kind]
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return False
+    for n in names:
+        try:
+            st = os.lstat(f"{directory}/{n}")
+        except OSError:
+            return False
+        if n in dirs and stat.S_ISDIR(st.st_mode) and _private(st):
+            try:
+                if os.listdir(f"{directory}/{n}"):
+                    return False
+            except OSError:
+                return False
+        elif not (n in files and stat.S_ISREG(st.st_mode) and _private(st)):
+            return False
+    return True
 
 
 def trusted_dir(path: str) -> str | None:
@@ -189,6 +224,7 @@ def leftovers(paths: Paths) -> tuple[list[Argv], list[str]]:
         return not why
 
     state_ok, layer_ok = ours(paths.state), ours(paths.layer)
+    builds = build_dirs(paths)  # made before the state dir, so before any journal
     from .phases import cgroups
 
     # The cgroup (named for this instance's state dir, made only by root) holds every process of the
@@ -209,10 +245,12 @@ def leftovers(paths: Paths) -> tuple[list[Argv], list[str]]:
             else:
                 found.append(undo)
         if undos is not None:
+            found = [b for b in builds if b not in found] + found
             if cgroup_left and kill not in found:
                 found.append(kill)
             return found, refused
     # In the order apply creates them; undone in reverse.
+    found += builds
     if state_ok:
         found.append(("rm", "-rf", "--one-file-system", paths.state))
         from .engine import mounted  # also a dir bind-mounted onto itself (the exported script's)
@@ -226,6 +264,33 @@ def leftovers(paths: Paths) -> tuple[list[Argv], list[str]]:
     if cgroup_left:
         found += [("sh", "-c", cgroups.RMDIR_UNUSED, "ctrsh-rmdir", *cgroups.parents(paths.facts)), kill]
     return found, refused
+
+
+def build_dirs(paths: Paths) -> list[Argv]:
+    """The work dirs of image and /dev template builds this container's apply left (killed while
+    building: the rootfs phase runs before the state dir, so no journal has them): IMAGE.tmp-NAME in
+    the images dir, dev-N.tmp-NAME in the data dir, root's dirs in root's dirs. The next build by this
+    name would clear them anyway (its first step)."""
+    f = paths.facts
+    found: list[Argv] = []
+    for parent in (f"{f.data_dir}/images", f.data_dir):
+        try:
+            names = sorted(os.listdir(parent))
+        except OSError:
+            continue
+        if trusted_dir(parent):
+            continue
+        for n in names:
+            undo = ("rm", "-rf", "--one-file-system", f"{parent}/{n}")
+            if not n.endswith(f".tmp-{paths.name}") or not known_undo(undo, paths):
+                continue
+            try:
+                st = os.lstat(f"{parent}/{n}")
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == 0:
+                found.append(undo)
+    return found
 
 
 def _network_undo(undo: Argv, paths: Paths) -> bool:

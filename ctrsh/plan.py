@@ -85,6 +85,8 @@ class Plan:
     terminal: bool = False  # the container has a pty of its own (else its output is relayed off a terminal)
     notes: tuple[str, ...] = ()  # what the plan does not do and why (no fake steps for it), shown as comments
     command: tuple[str, ...] = ()  # the container's process.args (for `ctrsh ps`)
+    oom_counter: str = ""  # its cgroup's OOM-kill counter ("" without a memory cgroup): the exported script reads it
+    lock: str = ""  # the name's lock file (lock.py): the exported script takes it as apply does
 
     def by_phase(self) -> list[tuple[Phase, list[Step]]]:
         """Steps grouped by phase, in phase order, skipping empty phases."""

@@ -17,6 +17,7 @@ def render_plan(plan: Plan) -> str:
         "# `ctrsh apply` runs these in order; if one fails, the undos of those before it run in reverse.",
         *(f"# Note: {note}" for note in plan.notes),
     ]
+    number = {id(step): i for i, step in enumerate(plan.steps, 1)}  # as "step K of N failed" counts them
     for phase, steps in plan.by_phase():
         lines += ["", f"# == {phase}: {PHASES[phase]} =="]
         for (creates, keep), group in groupby(steps, key=lambda s: (s.creates, s.keep)):
@@ -24,7 +25,7 @@ def render_plan(plan: Plan) -> str:
                 kept = ", and kept for reuse" if keep else ""
                 lines.append(f"# (only if {creates} is missing{kept})")
             for step in group:
-                lines.append(f"# {step.why}")
+                lines.append(f"# {number[id(step)]}. {step.why}")
                 if step.undo_command:
                     lines.append(f"#   undo: {commented(step.undo_command)}")
                 lines.append(step.command)

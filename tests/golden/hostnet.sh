@@ -20,6 +20,22 @@ for fd in /proc/"$$"/fd/*; do
   fd=${fd##*/}
   if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
 done
+lock=/run/ctrsh.hostnet.lock
+mkdir -p -- "${lock%/*}"
+for ((i = 0; ; i++)); do
+  if [[ -L $lock ]]; then echo "$0: $lock is a symlink: not using it" >&2; exit 125; fi
+  umask=$(umask)
+  umask 077  # a new lock file is root's alone, as apply makes it
+  exec 9<>"$lock"
+  umask "$umask"
+  if ! flock -w 0.1 9; then  # -w: over `ctrsh ps`, which holds it for an instant to look
+    echo "$0: a container named hostnet is running (pid $(<"$lock")); ctrsh stop hostnet stops it" >&2
+    exit 125
+  fi
+  if [[ /proc/$$/fd/9 -ef $lock ]]; then break; fi  # removed by its last holder meanwhile: lock the new one
+  if ((i >= 100)); then echo "$0: cannot take $lock" >&2; exit 125; fi
+done
+echo $$ >"$lock"  # who holds it: `ctrsh stop` and `destroy --force` send this script SIGTERM
 undos=()  # commands that reverse what has run, oldest first
 stop=0    # set by a signal, acted on between steps: no step runs without its undo registered
 cleanup() {
@@ -30,6 +46,7 @@ cleanup() {
   for ((i = ${#undos[@]} - 1; i >= 0; i--)); do
     eval "${undos[i]}" || echo "$0: undo failed: ${undos[i]}" >&2
   done
+  rm -f -- "$lock"  # the container is gone: its lock file goes, while still held (as apply does)
   exit "$rc"
 }
 # After a step that changed the host: register what reverses it, then stop if asked to.
@@ -107,9 +124,9 @@ run_container() {
   if ((!terminal)) && [[ -t 1 || -t 2 ]]; then
     # No terminal of its own: then it must not hold the caller's either (it could read what is
     # typed there): its output goes through pipes, copied to the terminal by cat.
-    if [[ -t 0 ]]; then "$@" </dev/null > >(cat) 2> >(cat >&2) & else "$@" > >(cat) 2> >(cat >&2) & fi
+    if [[ -t 0 ]]; then "$@" </dev/null > >(cat) 2> >(cat >&2) 9>&- & else "$@" > >(cat) 2> >(cat >&2) 9>&- & fi
   else
-    "$@" <&0 &
+    "$@" <&0 9>&- &
   fi
   container=$!
   set +e
@@ -121,7 +138,38 @@ run_container() {
   done
   set -e
   container=0
+  if ((!stop)); then rc=$(oom_check "$rc"); fi
   return "$rc"
+}
+# As apply: once the container has exited, and before teardown removes its cgroup, say whether the
+# kernel's OOM killer struck there, from the cgroup's oom_kill counter, and exit 137 if it killed PID 1
+# (util-linux 2.38's `unshare --fork` exits 1 when its child dies of SIGKILL). $1: the exit code;
+# prints the one to use.
+oom_counter=/sys/fs/cgroup/memory/ctrsh/hostnet/memory.oom_control
+oom_check() {
+  local key value n=0 f limit="" at="" what
+  if [[ -z $oom_counter || ! -r $oom_counter ]]; then echo "$1"; return; fi
+  while read -r key value; do if [[ $key == oom_kill ]]; then n=$value; fi; done <"$oom_counter"
+  if ((n == 0)); then echo "$1"; return; fi
+  for f in memory.limit_in_bytes memory.max; do
+    if [[ -r ${oom_counter%/*}/$f ]]; then read -r limit <"${oom_counter%/*}/$f"; break; fi
+  done
+  if [[ $limit =~ ^[0-9]+$ ]] && ((limit < 1 << 62)); then  # not unlimited (v1: near 2^63, v2: max)
+    if ((limit % (1 << 30) == 0)); then at=$((limit >> 30))G
+    elif ((limit % (1 << 20) == 0)); then at=$((limit >> 20))M
+    elif ((limit % 1024 == 0)); then at=$((limit >> 10))k
+    else at=$limit; fi
+    at=" at its memory limit (memory: $at)"
+  fi
+  what="$n process"
+  if ((n > 1)); then what="$n processes"; fi
+  if (($1 == 137 || $1 == 1)); then
+    echo "$0: the container was OOM-killed: the kernel's OOM killer killed $what$at" >&2
+    echo 137
+  else
+    echo "$0: the kernel's OOM killer killed $what in the container$at; its PID 1 exited $1" >&2
+    echo "$1"
+  fi
 }
 trap 'on_signal INT 130' INT
 trap 'on_signal TERM 143' TERM
