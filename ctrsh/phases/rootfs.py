@@ -87,7 +87,7 @@ def image_dir(c: Context) -> str:
 def lower_dir(c: Context) -> str:
     """The overlay's read-only lower layer: the image, or with a user namespace its shifted copy."""
     if c.userns:
-        return images.shifted_dir(c.paths, image_dir(c), *c.recipe.idmaps())
+        return images.shifted_dir(c.paths, image_dir(c), *c.idmaps)
     return image_dir(c)
 
 
@@ -116,7 +116,7 @@ def shift_steps(c: Context) -> list[Step]:
     shifted = lower_dir(c)
     b = Build(c, "", image=shifted, phase="filesystem")
     uid, gid = c.root_ids()
-    uids, gids = c.recipe.idmaps()
+    uids, gids = c.idmaps
     source = images.source_text(c.recipe.rootfs, c.facts)
     return [
         *b.start("a copy of the image shifted for the user namespace")[1:],
