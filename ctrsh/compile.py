@@ -51,7 +51,8 @@ def resolve(recipe: Recipe, facts: Facts) -> Context:
                 "rootfs directory may change under it: use a tarball of it (tar -C DIR -c .) instead",
             )
         )
-    idmaps, idmap_note = ((), ()), ""
+    idmaps: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    idmap_note = ""
     if "user" in kinds:
         idmaps, idmap_note, id_problems = resolve_idmaps(recipe, facts)
         problems += id_problems

@@ -76,7 +76,9 @@ class Facts:
     term: str = "xterm"  # $TERM of the caller, passed to containers that get a terminal
     device_cgroup: bool = True  # cgroup v1's devices controller can enforce a device allowlist
     network: NetworkFacts = NetworkFacts()  # the bridge's leases, for mode bridge (see ipam.survey)
-    ids: HostIds = HostIds()  # the host's accounts and subordinate ranges, for user namespace maps (hostids)
+    ids: HostIds = field(
+        default_factory=HostIds
+    )  # the host's accounts and subordinate ranges, for user namespace maps (hostids)
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,9 @@ def parse_subids(text: str) -> tuple[SubRange, ...]:
     out = []
     for line in text.splitlines():
         fields = line.strip().split(":")
-        if len(fields) == 3 and fields[0] and not fields[0].startswith("#") and all(f.isdigit() for f in fields[1:]):
-            if int(fields[2]) > 0:
-                out.append((fields[0], int(fields[1]), int(fields[2])))
+        numbers = len(fields) == 3 and all(f.isdigit() for f in fields[1:])
+        if numbers and fields[0] and not fields[0].startswith("#") and int(fields[2]) > 0:
+            out.append((fields[0], int(fields[1]), int(fields[2])))
     return tuple(out)
 
 
@@ -94,8 +94,8 @@ def line_problems(label: str, line: str, kind: str, ids: HostIds) -> list[str]:
     for owner, first, n in subs:
         if owner != RESERVED and first < outside + count and outside < first + n:
             out.append(
-                f"{label}: {line!r} overlaps the subordinate {kind}s {first}-{first + n - 1} of {owner!r} in {subs_file}: "
-                f"that user can become them ({tool}) and so signal the container's processes"
+                f"{label}: {line!r} overlaps the subordinate {kind}s {first}-{first + n - 1} of {owner!r} in "
+                f"{subs_file}: that user can become them ({tool}) and so signal the container's processes"
             )
     return out
 
