@@ -116,6 +116,14 @@ def known_undo(undo: Argv, paths: Paths) -> bool:
         return True
     if _network_undo(undo, paths):
         return True
+    # This container's record that it uses an image (rootfs.use_steps): IMAGE.use-STATEHASH-NAME.
+    if len(undo) == 3 and undo[:2] == ("rm", "-f"):
+        from .images import USE, state_key
+
+        parent, _, base = undo[2].rpartition("/")
+        suffix = f"{USE}{state_key(f.state_dir)}-{paths.name}"
+        stem = base[: -len(suffix)] if base.endswith(suffix) else ""
+        return parent == f"{f.data_dir}/images" and bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", stem))
     # A build's work dir: IMAGE.tmp or IMAGE.tmp-NAME, in the images dir or (the /dev template) the data dir.
     if len(undo) == 4 and undo[:3] == rm:
         parent, _, base = undo[3].rpartition("/")
