@@ -14,7 +14,6 @@ image before the apply looks, and the apply builds it again.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -105,10 +104,10 @@ def use_record(paths: Paths, image_dir: str) -> str:
     return f"{image_dir}{USE}{state_key(paths.facts.state_dir)}-{paths.name}"
 
 
-def _record_users(facts: Facts, image_dir: str, stale: list[str] | None = None) -> list[str]:
+def _record_users(facts: Facts, image_dir: str) -> list[str]:
     """Containers of any state dir whose use record names the image (or a copy of it) and that
     still exist: their name's lock is held (an apply runs, or the container does) or their state dir
-    is there (until `destroy`). Records of neither (an apply killed early) go to `stale`."""
+    is there (until `destroy`). A record of neither is stale (its apply was killed early)."""
     from .lock import is_held, lock_path
 
     base, name = os.path.split(image_dir)
@@ -131,8 +130,6 @@ def _record_users(facts: Facts, image_dir: str, stale: list[str] | None = None) 
             continue
         if is_held(lock_path(state, container)) or os.path.isdir(f"{state}/{container}"):
             found.append(container if state == facts.state_dir else f"{container} (state dir {state})")
-        elif stale is not None:
-            stale.append(f"{base}/{entry}")
     return found
 
 
@@ -146,10 +143,10 @@ class Image:
     shifted: int = 0  # how many copies shifted for a user namespace it has (counted in size)
 
 
-def users(facts: Facts, image_dir: str, stale: list[str] | None = None) -> list[str]:
+def users(facts: Facts, image_dir: str) -> list[str]:
     """Containers whose root is made from the image: each records it in DATA/images (use_record),
     and in STATE/NAME/image (this state dir's only)."""
-    found = _record_users(facts, image_dir, stale)
+    found = _record_users(facts, image_dir)
     try:
         names = sorted(os.listdir(facts.state_dir))
     except OSError:
@@ -229,13 +226,11 @@ def remove(facts: Facts, name: str) -> str:
                         f"image {name!r} is in use: an apply is recording its use or publishing it"
                     ) from None
                 time.sleep(0.01)
-        stale: list[str] = []
-        using = users(facts, path, stale)
+        using = users(facts, path)
         if using:
             raise CtrshError(f"image {name!r} is in use by: {', '.join(using)}; stop or destroy them first")
-        for record in stale:  # left by an apply killed before its container existed: ctrsh's own
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(record)
+        # A stale record (its apply was killed before the container existed) is left alone: an exported
+        # script holds no name lock, and until it makes its state dir its live record looks the same.
         # Renamed first, so no apply can pick up a half-deleted image; then removed, never across mounts.
         import subprocess
 
