@@ -165,6 +165,7 @@ def test_a_map_onto_an_existing_host_user_is_refused(ctrsh: Ctrsh) -> None:
     extra = f"uid_map: ['0 {nobody} 1']\ngid_map: ['0 {nobody} 1']\n"
     r = ctrsh.run("plan", ctrsh.recipe(recipe("test-a3-nobody", "true", extra)))
     assert r.returncode == 2, f"a map onto host user nobody ({nobody}) is accepted:\n{r.stdout[-300:]}"
+    assert f"uid_map[0]: '0 {nobody} 1' maps onto host uid {nobody}, the user 'nobody' in /etc/passwd" in r.stderr
 
 
 # --- bad recipes ------------------------------------------------------------------------------------
