@@ -132,6 +132,23 @@ def test_a_host_user_with_the_mapped_uid_cannot_signal_the_container(ctrsh: Ctrs
         assert d.returncode == 0, d.stderr
 
 
+def test_the_default_map_is_ctrshs_subordinate_range(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    """With 'ctrsh:START:65536' in /etc/subuid and /etc/subgid (as Docker's dockremap), the default map
+    is that range, and `plan` says so."""
+    text = recipe("test-a3-reserved", "cat /proc/self/uid_map /proc/self/gid_map")
+    with host_subids(tmp_path, "test-a3-owner:100000:65536\nctrsh:700000:65536\n"):
+        p = ctrsh.run("plan", ctrsh.recipe(text))
+        assert p.returncode == 0, p.stderr
+        assert "the default map takes host uids 700000-765535 and gids 700000-765535" in p.stdout
+        r = ctrsh.run("apply", "-q", ctrsh.recipe(text))
+    assert r.returncode == 0, r.stderr
+    assert [line.split() for line in r.stdout.splitlines()] == [["0", "700000", "65536"]] * 2
+    for copy in images_dir(ctrsh).glob("busybox.shift-*"):  # the copy for this map: not for later tests
+        if copy.is_dir() and copy.name.count(".") == 1 and (copy / "bin/busybox").stat().st_uid == 700000:
+            subprocess.run(["rm", "-rf", "--one-file-system", str(copy)], check=True)
+            Path(f"{copy}.source").unlink(missing_ok=True)
+
+
 def test_a_host_user_with_the_mapped_uid_cannot_reach_the_containers_files(ctrsh: Ctrsh) -> None:
     """/proc/PID/root of the container's processes: refused (they are not dumpable for that user)."""
     name = "test-a3-procroot"
