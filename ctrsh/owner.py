@@ -221,6 +221,7 @@ def leftovers(paths: Paths) -> tuple[list[Argv], list[str]]:
                 found.append(kill)
             return found, refused
     # In the order apply creates them; undone in reverse.
+    found += [("rm", "-f", record) for record in use_records(paths)]  # the rootfs phase's first step
     if state_ok:
         found.append(("rm", "-rf", "--one-file-system", paths.state))
         from .engine import mounted  # also a dir bind-mounted onto itself (the exported script's)
@@ -234,6 +235,19 @@ def leftovers(paths: Paths) -> tuple[list[Argv], list[str]]:
     if cgroup_left:
         found += [("sh", "-c", cgroups.RMDIR_UNUSED, "ctrsh-rmdir", *cgroups.parents(paths.facts)), kill]
     return found, refused
+
+
+def use_records(paths: Paths) -> list[str]:
+    """This container's records that it uses an image (rootfs.use_steps), in the images dir."""
+    from .images import USE, state_key
+
+    images = f"{paths.facts.data_dir}/images"
+    suffix = f"{USE}{state_key(paths.facts.state_dir)}-{paths.name}"
+    try:
+        entries = sorted(os.listdir(images))
+    except OSError:
+        return []
+    return [f"{images}/{e}" for e in entries if e.endswith(suffix) and known_undo(("rm", "-f", f"{images}/{e}"), paths)]
 
 
 def _network_undo(undo: Argv, paths: Paths) -> bool:
