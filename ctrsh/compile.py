@@ -51,9 +51,37 @@ def resolve(recipe: Recipe, facts: Facts) -> Context:
                 "rootfs directory may change under it: use a tarball of it (tar -C DIR -c .) instead",
             )
         )
+    idmaps: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    idmap_note = ""
+    if "user" in kinds:
+        idmaps, idmap_note, id_problems = resolve_idmaps(recipe, facts)
+        problems += id_problems
     if problems:
         raise RecipeError(problems)
-    return Context(recipe, facts, Paths(facts, recipe.name), kinds, hostname, net)
+    return Context(recipe, facts, Paths(facts, recipe.name), kinds, hostname, net, idmaps, idmap_note)
+
+
+def resolve_idmaps(recipe: Recipe, facts: Facts) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], str, list[Problem]]:
+    """(uid_map, gid_map), how the default was chosen, and the map lines whose host ids are someone's
+    (an account in /etc/passwd or /etc/group, or another user's subordinate range)."""
+    from .hostids import default_maps, line_problems
+
+    problems: list[Problem] = []
+    default = default_maps(facts.ids) if recipe.uid_map is None or recipe.gid_map is None else None
+    maps: list[tuple[str, ...]] = []
+    for kind, lines in (("uid", recipe.uid_map), ("gid", recipe.gid_map)):
+        if lines is None:
+            assert default is not None
+            maps.append(default.uids if kind == "uid" else default.gids)
+            continue
+        norm = tuple(" ".join(line.split()) for line in lines)
+        maps.append(norm)
+        for i, line in enumerate(norm):
+            key = f"{kind}_map[{i}]"
+            problems += [recipe.problem(key, m) for m in line_problems(key, line, kind, facts.ids)]
+    if default is not None:
+        problems += [recipe.problem("namespaces", m) for m in dict.fromkeys(default.problems)]
+    return (maps[0], maps[1]), default.note if default else "", problems
 
 
 def compile_plan(recipe: Recipe, facts: Facts) -> Plan:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .hostfiles import HostFiles
+from .hostids import HostIds
 
 DEV_TEMPLATE_VERSION = 2  # bump whenever rootfs.dev_template's contents change
 
@@ -75,6 +76,9 @@ class Facts:
     term: str = "xterm"  # $TERM of the caller, passed to containers that get a terminal
     device_cgroup: bool = True  # cgroup v1's devices controller can enforce a device allowlist
     network: NetworkFacts = NetworkFacts()  # the bridge's leases, for mode bridge (see ipam.survey)
+    ids: HostIds = field(
+        default_factory=HostIds
+    )  # the host's accounts and subordinate ranges, for user namespace maps (hostids)
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,7 @@ def detect(state_dir: str | None = None, data_dir: str | None = None) -> Facts:
         cgroups=cgroups,
         apt_mirror=host_mirror(),
         resolv_conf=read_text("/etc/resolv.conf"),
+        ids=read_ids(),
     )
 
 
@@ -292,6 +297,12 @@ def _v2() -> CgroupFacts:
     mounts = tuple((k, CGROUP_ROOT) for k in CGROUP_V2_CONTROLLERS if k in offered)
     # memory.swap.max comes with the memory controller where the kernel accounts swap (Debian's does)
     return CgroupFacts(version=2, mounts=mounts, swap="memory" in offered)
+
+
+def read_ids() -> HostIds:
+    from .hostids import read
+
+    return read()
 
 
 DEBIAN_FALLBACK = "http://deb.debian.org/debian"

@@ -4,6 +4,12 @@ An image is a directory DATA/images/NAME, published by one rename when its
 build is complete, with a sidecar NAME.source (what it was built from). A
 build in progress lives in NAME.tmp-CONTAINER; NAME.lock serialises the
 publish and removal (flock).
+
+An apply records that it uses an image (NAME.use-STATE-CONTAINER, in the data dir,
+which instances with different state dirs share) under a shared flock on NAME.lock,
+before it looks whether the image exists; `rmi` checks the records under the
+exclusive lock. So either rmi sees the record and refuses, or it has removed the
+image before the apply looks, and the apply builds it again.
 """
 
 from __future__ import annotations
@@ -86,6 +92,47 @@ def shifted_copies(image_dir: str) -> list[str]:
     return out
 
 
+USE = ".use-"  # NAME.use-STATEHASH-CONTAINER: that container (of that state dir) uses image NAME
+
+
+def state_key(state_dir: str) -> str:
+    return hashlib.sha256(state_dir.encode()).hexdigest()[:8]
+
+
+def use_record(paths: Paths, image_dir: str) -> str:
+    """The file that says this container uses the image (or a shifted copy of it)."""
+    return f"{image_dir}{USE}{state_key(paths.facts.state_dir)}-{paths.name}"
+
+
+def _record_users(facts: Facts, image_dir: str) -> list[str]:
+    """Containers of any state dir whose use record names the image (or a copy of it) and that
+    still exist: their name's lock is held (an apply runs, or the container does) or their state dir
+    is there (until `destroy`). A record of neither is stale (its apply was killed early)."""
+    from .lock import is_held, lock_path
+
+    base, name = os.path.split(image_dir)
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if not entry.startswith(name.split(SHIFT)[0] + USE):
+            continue
+        try:
+            with open(f"{base}/{entry}") as f:
+                used, state, container = [*f.read().splitlines(), "", "", ""][:3]
+        except OSError:
+            continue
+        if used != image_dir and not (used.startswith(image_dir + SHIFT) and SHIFT not in image_dir):
+            continue
+        if not state or not container:
+            continue
+        if is_held(lock_path(state, container)) or os.path.isdir(f"{state}/{container}"):
+            found.append(container if state == facts.state_dir else f"{container} (state dir {state})")
+    return found
+
+
 @dataclass(frozen=True)
 class Image:
     name: str
@@ -97,17 +144,20 @@ class Image:
 
 
 def users(facts: Facts, image_dir: str) -> list[str]:
-    """Containers (in this state dir) whose root is made from the image: each records it in STATE/image."""
-    found = []
+    """Containers whose root is made from the image: each records it in DATA/images (use_record),
+    and in STATE/NAME/image (this state dir's only)."""
+    found = _record_users(facts, image_dir)
     try:
         names = sorted(os.listdir(facts.state_dir))
     except OSError:
-        return []
+        return found
     for name in names:
         try:
             with open(f"{facts.state_dir}/{name}/image") as f:
                 used = f.read().strip()
-            if used == image_dir or (used.startswith(image_dir + SHIFT) and SHIFT not in image_dir):
+            if (used == image_dir or (used.startswith(image_dir + SHIFT) and SHIFT not in image_dir)) and (
+                name not in found
+            ):
                 found.append(name)
         except OSError:
             continue
@@ -164,10 +214,23 @@ def remove(facts: Facts, name: str) -> str:
     if not os.path.isdir(path) or os.path.islink(path):
         raise UsageError(f"no image {name!r} in {facts.data_dir}/images (see `ctrsh images`)")
     with open(f"{path}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        # Without waiting: an apply holds it shared only while it records its use, a build exclusive
+        # while it publishes; a few tries 10 ms apart, then "busy" (an apply stopped there must not hang rmi).
+        for i in range(20):
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if i == 19:
+                    raise CtrshError(
+                        f"image {name!r} is in use: an apply is recording its use or publishing it"
+                    ) from None
+                time.sleep(0.01)
         using = users(facts, path)
         if using:
             raise CtrshError(f"image {name!r} is in use by: {', '.join(using)}; stop or destroy them first")
+        # A stale record (its apply was killed before the container existed) is left alone: an exported
+        # script holds no name lock, and until it makes its state dir its live record looks the same.
         # Renamed first, so no apply can pick up a half-deleted image; then removed, never across mounts.
         import subprocess
 

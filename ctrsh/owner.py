@@ -151,6 +151,14 @@ def known_undo(undo: Argv, paths: Paths) -> bool:
         return True
     if _network_undo(undo, paths):
         return True
+    # This container's record that it uses an image (rootfs.use_steps): IMAGE.use-STATEHASH-NAME.
+    if len(undo) == 3 and undo[:2] == ("rm", "-f"):
+        from .images import USE, state_key
+
+        parent, _, base = undo[2].rpartition("/")
+        suffix = f"{USE}{state_key(f.state_dir)}-{paths.name}"
+        stem = base[: -len(suffix)] if base.endswith(suffix) else ""
+        return parent == f"{f.data_dir}/images" and bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", stem))
     # A build's work dir: IMAGE.tmp or IMAGE.tmp-NAME, in the images dir or (the /dev template) the data dir.
     if len(undo) == 4 and undo[:3] == rm:
         parent, _, base = undo[3].rpartition("/")
@@ -250,6 +258,7 @@ def leftovers(paths: Paths) -> tuple[list[Argv], list[str]]:
                 found.append(kill)
             return found, refused
     # In the order apply creates them; undone in reverse.
+    found += [("rm", "-f", record) for record in use_records(paths)]  # the rootfs phase's first step
     found += builds
     if state_ok:
         found.append(("rm", "-rf", "--one-file-system", paths.state))
@@ -291,6 +300,19 @@ def build_dirs(paths: Paths) -> list[Argv]:
             if stat.S_ISDIR(st.st_mode) and st.st_uid == 0:
                 found.append(undo)
     return found
+
+
+def use_records(paths: Paths) -> list[str]:
+    """This container's records that it uses an image (rootfs.use_steps), in the images dir."""
+    from .images import USE, state_key
+
+    images = f"{paths.facts.data_dir}/images"
+    suffix = f"{USE}{state_key(paths.facts.state_dir)}-{paths.name}"
+    try:
+        entries = sorted(os.listdir(images))
+    except OSError:
+        return []
+    return [f"{images}/{e}" for e in entries if e.endswith(suffix) and known_undo(("rm", "-f", f"{images}/{e}"), paths)]
 
 
 def _network_undo(undo: Argv, paths: Paths) -> bool:

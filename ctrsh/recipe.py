@@ -190,7 +190,9 @@ def check_idmap(value: list[str]) -> Issues:
 
 _IDMAP_DOC = (
     "Lines 'INSIDE OUTSIDE COUNT' as the kernel reads them (needs 'user' in namespaces): container ids "
-    "INSIDE.. are host ids OUTSIDE... Default with 'user': ['0 100000 65536']. Host id 0 is never mapped."
+    "INSIDE.. are host ids OUTSIDE... Default with 'user': the ranges of user ctrsh in /etc/subuid and "
+    "/etc/subgid, else the first free 65536 ids from 100000. Host ids must be no one's (/etc/passwd, "
+    "/etc/group, other users' subordinate ranges); host id 0 is never mapped."
 )
 IDMAP_FIELD_META = {
     "doc": _IDMAP_DOC,
@@ -823,7 +825,8 @@ class Recipe:
         return issues
 
     def idmaps(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(uid_map, gid_map) as the kernel's lines, defaults filled in; normalised spacing."""
+        """(uid_map, gid_map) as the kernel's lines, normalised spacing; a missing one as the fixed
+        '0 100000 65536'. The plan's default comes from the host's ids instead (compile.resolve_idmaps)."""
 
         def norm(lines: list[str] | None) -> tuple[str, ...]:
             return tuple(" ".join(map(str, t)) for t in parse_idmap(lines or DEFAULT_IDMAP))

@@ -74,7 +74,7 @@ def _data_residue(data_dir: str) -> list[str]:
     template), the empty containers/ and volumes/ dirs; anything else, such as a container's
     writable layer, a build's work dir or a named volume, is residue."""
     ls = lambda d: sorted(os.listdir(d)) if os.path.isdir(d) else []  # noqa: E731
-    images = [f"images/{n}" for n in ls(f"{data_dir}/images") if ".tmp-" in n or ".rm-" in n]
+    images = [f"images/{n}" for n in ls(f"{data_dir}/images") if ".tmp-" in n or ".rm-" in n or ".use-" in n]
     layers = [f"containers/{n}" for n in ls(f"{data_dir}/containers")]
     volumes = [f"volumes/{n}" for n in ls(f"{data_dir}/volumes")]
     kept = ("images", "containers", "volumes")

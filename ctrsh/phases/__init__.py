@@ -19,6 +19,10 @@ class Context:
     namespaces: frozenset[Namespace]
     hostname: str | None  # None: no uts namespace, the hostname is left alone
     network: NetConfig = field(default_factory=lambda: NetConfig("none"))  # the resolved `network:` section
+    # With `user`: (uid_map, gid_map) as the kernel's lines, the default chosen from the host's ids
+    # (hostids.default_maps), and how it was chosen.
+    idmaps: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    idmap_note: str = ""
 
     def nsenter(self, *kinds: Namespace) -> tuple[str, ...]:
         """`nsenter` into the container's persisted namespaces of these kinds (those it has)."""
@@ -45,7 +49,7 @@ class Context:
             return 0, 0
         from ..recipe import map_id, parse_idmap
 
-        uids, gids = self.recipe.idmaps()
+        uids, gids = self.idmaps
         return map_id(parse_idmap(uids), 0) or 0, map_id(parse_idmap(gids), 0) or 0
 
 

@@ -33,7 +33,7 @@ def notes(c: Context) -> tuple[str, ...]:
     uid, gid = c.root_ids()
     from ..recipe import parse_idmap
 
-    low = [line for line in (*c.recipe.idmaps()[0], *c.recipe.idmaps()[1]) if parse_idmap([line])[0][1] < 65536]
+    low = [line for line in (*c.idmaps[0], *c.idmaps[1]) if parse_idmap([line])[0][1] < 65536]
     warn = (
         (f"user namespace: the map puts container ids on host ids below 65536 ({'; '.join(low)}), where host "
          "accounts live: a host user with one of those ids could signal or trace the container's processes and "
@@ -43,6 +43,7 @@ def notes(c: Context) -> tuple[str, ...]:
     )  # fmt: skip
     return (
         *warn,
+        *((c.idmap_note,) if c.idmap_note else ()),
         f"user namespace: root inside is host uid {uid} (gid {gid}), with capabilities over the container's own "
         "namespaces only. The image is used through a copy with its owners shifted by the maps (made once per "
         "image and maps, in DATA/images/IMAGE.shift-HASH: its size again on disk, and the time to copy it). An "
@@ -60,7 +61,7 @@ def notes(c: Context) -> tuple[str, ...]:
 
 def userns_steps(c: Context) -> list[Step]:
     """`user`: the maps, then the hostname (host root may: it has every capability in a child user ns)."""
-    uids, gids = c.recipe.idmaps()
+    uids, gids = c.idmaps
     out = [
         Step(
             "namespaces",

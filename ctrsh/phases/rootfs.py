@@ -74,7 +74,38 @@ def steps(c: Context) -> list[Step]:
         ("rm", "-rf", "--one-file-system", *(s.argv[3] for s in builds)),
         "Remove this apply's build work dirs, left behind if another apply published the same image first.",
     )
-    return image + dev_template(c) + [sweep]
+    return use_steps(c) + image + dev_template(c) + [sweep]
+
+
+# $1 the record, $2 the image (or shifted copy) used, $3 the state dir, $4 the container: what
+# `ctrsh rmi` reads (images.users) to tell whether the container still exists.
+WRITE_USE = 'umask 077; printf "%s\\n" "$2" "$3" "$4" >"$1"'
+
+
+def use_steps(c: Context) -> list[Step]:
+    """Record that this container uses its image *before* looking whether the image exists, under
+    a shared lock on it: `rmi` (exclusive) either sees the record or has removed the image first."""
+    if c.recipe.rootfs.directory:
+        return []  # the recipe's own dir: nothing rmi would remove
+    image = image_dir(c)
+    record = images.use_record(c.paths, image)
+    return [
+        Step(
+            "rootfs",
+            ("install", "-d", "-m", "0700", os.path.dirname(image)),
+            "Where built images are kept; 0700 (set even if it exists): an image may hold setuid files "
+            "and device nodes, which no other host user may reach (Docker's CVE-2021-41091).",
+        ),
+        Step(
+            "rootfs",
+            ("flock", "--shared", f"{image}.lock", "sh", "-c", WRITE_USE, "ctrsh-use", record, lower_dir(c),
+             c.facts.state_dir, c.recipe.name),
+            "Record that this container uses the image, before looking whether it exists, under the image's "
+            "lock (shared): `ctrsh rmi` (exclusive) then either sees it and refuses, or has removed the image "
+            "already and it is built again. Removed when the container is torn down.",
+            undo=("rm", "-f", record),
+        ),
+    ]  # fmt: skip
 
 
 def image_dir(c: Context) -> str:
@@ -87,7 +118,7 @@ def image_dir(c: Context) -> str:
 def lower_dir(c: Context) -> str:
     """The overlay's read-only lower layer: the image, or with a user namespace its shifted copy."""
     if c.userns:
-        return images.shifted_dir(c.paths, image_dir(c), *c.recipe.idmaps())
+        return images.shifted_dir(c.paths, image_dir(c), *c.idmaps)
     return image_dir(c)
 
 
@@ -116,7 +147,7 @@ def shift_steps(c: Context) -> list[Step]:
     shifted = lower_dir(c)
     b = Build(c, "", image=shifted, phase="filesystem")
     uid, gid = c.root_ids()
-    uids, gids = c.recipe.idmaps()
+    uids, gids = c.idmaps
     source = images.source_text(c.recipe.rootfs, c.facts)
     return [
         *b.start("a copy of the image shifted for the user namespace")[1:],

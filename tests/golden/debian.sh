@@ -184,6 +184,11 @@ done
 # Note: keyrings: root inside shares host root's user keyring (keyrings are per uid; Docker's seccomp profile blocks keyctl and add_key, and only that or a user namespace would separate them).
 
 # == rootfs: provide the root filesystem ==
+# Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+install -d -m 0700 /var/lib/ctrsh/images
+# Record that this container uses the image, before looking whether it exists, under the image's lock (shared): `ctrsh rmi` (exclusive) then either sees it and refuses, or has removed the image already and it is built again. Removed when the container is torn down.
+flock --shared /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.lock sh -c 'umask 077; printf "%s\n" "$2" "$3" "$4" >"$1"' ctrsh-use /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.use-09766c25-debian /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca /run/ctrsh debian
+undo 'rm -f /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca.use-09766c25-debian'
 if [[ ! -e /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca && ! -L /var/lib/ctrsh/images/bookworm-minbase-5b915319a0ca ]]; then  # only if missing
   n=${#undos[@]}
   # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).

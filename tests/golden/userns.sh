@@ -180,12 +180,18 @@ for sig in QUIT USR1 USR2 ALRM XCPU XFSZ VTALRM PROF IO PWR; do
   # shellcheck disable=SC2064  # the signal's name and number are fixed here, on purpose
   trap "on_signal $sig $((128 + $(kill -l "$sig")))" "$sig"
 done
+# Note: user namespace: the default map takes host ids 100000-165535 (uids and gids): the first 65536 from 100000 up, in steps of 65536, that no user in /etc/passwd or group in /etc/group has and no range in /etc/subuid or /etc/subgid overlaps. It is not reserved: `useradd` may give it to the next user it makes. Adding 'ctrsh:100000:65536' to /etc/subuid and /etc/subgid reserves it (ctrsh then takes that range). Every user-namespace container with the default map runs on these same host ids.
 # Note: user namespace: root inside is host uid 100000 (gid 100000), with capabilities over the container's own namespaces only. The image is used through a copy with its owners shifted by the maps (made once per image and maps, in DATA/images/IMAGE.shift-HASH: its size again on disk, and the time to copy it). An idmapped mount (mount -o X-mount.idmap=..., util-linux >= 2.39, kernel >= 5.12 with overlayfs >= 5.19) would show the image shifted without a copy; this host's util-linux 2.38 has no way to make one from the command line, so ctrsh copies.
 # Note: user namespace: bind volumes are used as they are: their host files appear as their mapped ids, and as nobody (65534) where the map has no id for their owner, so root inside may not be able to write them. /etc/hosts, hostname and resolv.conf are host root's (nobody inside: readable, not writable).
 # Note: user namespace: the network namespace is the host's root's (ip netns add), not the user namespace's: root inside has no capability over it, so binding ports below 1024 and raw sockets are refused. /sys is mounted by the host's root for the same reason (a sysfs mount from inside needs a net ns it owns).
 # Note: seccomp: not applied. Docker filters ~50 system calls with seccomp; no stock command-line tool loads a seccomp filter, so ctrsh relies on dropped capabilities, no_new_privs and read-only/masked kernel paths.
 
 # == rootfs: provide the root filesystem ==
+# Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).
+install -d -m 0700 /var/lib/ctrsh/images
+# Record that this container uses the image, before looking whether it exists, under the image's lock (shared): `ctrsh rmi` (exclusive) then either sees it and refuses, or has removed the image already and it is built again. Removed when the container is torn down.
+flock --shared /var/lib/ctrsh/images/busybox.lock sh -c 'umask 077; printf "%s\n" "$2" "$3" "$4" >"$1"' ctrsh-use /var/lib/ctrsh/images/busybox.use-09766c25-userns /var/lib/ctrsh/images/busybox.shift-b4ce5efee5c9 /run/ctrsh userns
+undo 'rm -f /var/lib/ctrsh/images/busybox.use-09766c25-userns'
 if [[ ! -e /var/lib/ctrsh/images/busybox && ! -L /var/lib/ctrsh/images/busybox ]]; then  # only if missing
   n=${#undos[@]}
   # Where built images are kept; 0700 (set even if it exists): an image may hold setuid files and device nodes, which no other host user may reach (Docker's CVE-2021-41091).

@@ -10,15 +10,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from .conftest import ROOT, Ctrsh
 from .test_attack2_images import open_data  # noqa: F401  (fixture)
 
 WAIT = "while [ ! -e /data/go ]; do sleep 0.1; done; if read l </etc/passwd; then echo still-there; else echo image-gone; fi"
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: rmi sees the containers of its own state dir only")
 def test_rmi_from_another_state_dir_refuses_an_image_in_use(open_data: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
     """MEDIUM. images.users() looks only in rmi's own state dir for containers using an image, but
     the data dir (the image cache) is shared by instances with different state dirs (the test suite

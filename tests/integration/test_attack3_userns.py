@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import termios
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,25 +67,86 @@ def static(tmp_path: Path, src: Path | str, name: str) -> Path:
 
 
 # --- a host user whose uid is in the map ----------------------------------------------------------
-# The default map is 100000-165535: on Debian and Ubuntu that is exactly the subordinate range
-# useradd gives the first user (SUB_UID_MIN 100000, SUB_UID_COUNT 65536 in /etc/login.defs), who can
-# then be any of those uids (newuidmap), and a host may have a real user there. Docker instead takes
-# a range of its own from /etc/subuid (user dockremap).
+# On Debian and Ubuntu useradd gives the first user the subordinate range 100000-165535 (SUB_UID_MIN
+# 100000, SUB_UID_COUNT 65536 in /etc/login.defs): that user can become any of those uids (newuidmap).
+# A map must not put the container there, nor on a host account: like Docker (user dockremap), ctrsh
+# takes the ranges /etc/subuid and /etc/subgid give the user ctrsh, or else the first range no one has.
 
 
-def test_a_host_user_with_the_mapped_uid_cannot_signal_the_container(ctrsh: Ctrsh) -> None:
+@contextlib.contextmanager
+def host_subids(tmp_path: Path, text: str) -> Iterator[None]:
+    """/etc/subuid and /etc/subgid with `text`, for this test only: bind mounts over them in the
+    sandbox's private mount namespace (the host's files are never written), removed afterwards."""
+    with open("/proc/self/mountinfo") as f:
+        if not any(line.split()[4] == "/run" and " sandbox-run " in line for line in f):
+            pytest.skip("needs scripts/sandbox: it bind-mounts over /etc/subuid in a private mount namespace")
+    mounted: list[str] = []
+    try:
+        for name in ("subuid", "subgid"):
+            fake = tmp_path / f"fake-{name}"
+            fake.write_text(text)
+            fake.chmod(0o644)
+            subprocess.run(["mount", "--bind", str(fake), f"/etc/{name}"], check=True)
+            mounted.append(f"/etc/{name}")
+        yield
+    finally:
+        for path in reversed(mounted):
+            subprocess.run(["umount", path], check=True)
+
+
+def becomable(kind: str) -> list[tuple[int, int]]:
+    """[first, end) host ids someone has (/etc/passwd or /etc/group) or can become (/etc/sub?id)."""
+    from ctrsh.hostids import read
+
+    ids = read()
+    accounts, subs = (ids.users, ids.subuids) if kind == "uid" else (ids.groups, ids.subgids)
+    return [(i, i + 1) for _, i in accounts] + [(first, first + n) for _, first, n in subs]
+
+
+def test_a_host_user_with_the_mapped_uid_cannot_signal_the_container(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    """A host where a user owns the subordinate range 100000-165535 (as useradd makes it): the default
+    map must put the container on host ids outside every range someone has or can become, and that
+    user (as any uid of its range) cannot signal the container."""
     name = "test-a3-signal"
     script = "trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done"
-    r = ctrsh.run("apply", "-d", ctrsh.recipe(recipe(name, script)))
+    with host_subids(tmp_path, "test-a3-owner:100000:65536\n"):
+        r = ctrsh.run("apply", "-d", ctrsh.recipe(recipe(name, script)))
+        assert r.returncode == 0, r.stderr
+        try:
+            wait_log(ctrsh, name, "ready\n")
+            pid = pid1_of(ctrsh, name)
+            for kind in ("uid", "gid"):
+                (inside, outside, count), *more = (
+                    tuple(map(int, line.split())) for line in Path(f"/proc/{pid}/{kind}_map").read_text().splitlines()
+                )
+                assert more == [] and inside == 0 and count == 65536
+                taken = [(a, b) for a, b in becomable(kind) if a < outside + count and outside < b]
+                assert taken == [], f"the container's host {kind}s {outside}-{outside + count - 1} overlap {taken}"
+            uid = int(Path(f"/proc/{pid}/status").read_text().split("\nUid:")[1].split()[0])
+            assert uid >= 165536  # not 100000: that one is test-a3-owner's to become
+            for owner_uid in (100000, 165535):  # what test-a3-owner can be (newuidmap)
+                stopped = as_host_user(owner_uid, f"kill -STOP {pid} && echo STOPPED; kill -CONT {pid}")
+                assert "STOPPED" not in stopped.stdout, f"host uid {owner_uid} can SIGSTOP the container's PID 1"
+        finally:
+            d = ctrsh.run("destroy", "--force", name)
+        assert d.returncode == 0, d.stderr
+
+
+def test_the_default_map_is_ctrshs_subordinate_range(ctrsh: Ctrsh, tmp_path: Path) -> None:
+    """With 'ctrsh:START:65536' in /etc/subuid and /etc/subgid (as Docker's dockremap), the default map
+    is that range, and `plan` says so."""
+    text = recipe("test-a3-reserved", "cat /proc/self/uid_map /proc/self/gid_map")
+    with host_subids(tmp_path, "test-a3-owner:100000:65536\nctrsh:700000:65536\n"):
+        p = ctrsh.run("plan", ctrsh.recipe(text))
+        assert p.returncode == 0, p.stderr
+        assert "the default map takes host uids 700000-765535 and gids 700000-765535" in p.stdout
+        r = ctrsh.run("apply", "-q", ctrsh.recipe(text))
     assert r.returncode == 0, r.stderr
-    try:
-        wait_log(ctrsh, name, "ready\n")
-        pid = pid1_of(ctrsh, name)
-        stopped = as_host_user(MAPPED, f"kill -STOP {pid} && echo STOPPED; kill -CONT {pid}")
-        assert "STOPPED" not in stopped.stdout, "host uid 100000 can SIGSTOP/SIGKILL the container's processes"
-    finally:
-        d = ctrsh.run("destroy", "--force", name)
-    assert d.returncode == 0, d.stderr
+    assert [line.split() for line in r.stdout.splitlines()] == [["0", "700000", "65536"]] * 2
+    for copy in images_dir(ctrsh).glob("busybox.shift-*"):  # the copy for this map: not for later tests
+        if copy.is_dir() and copy.name.count(".") == 1 and (copy / "bin/busybox").stat().st_uid == 700000:
+            subprocess.run(["rm", "-rf", "--one-file-system", str(copy)], check=True)
+            Path(f"{copy}.source").unlink(missing_ok=True)
 
 
 def test_a_host_user_with_the_mapped_uid_cannot_reach_the_containers_files(ctrsh: Ctrsh) -> None:
@@ -120,6 +182,7 @@ def test_a_map_onto_an_existing_host_user_is_refused(ctrsh: Ctrsh) -> None:
     extra = f"uid_map: ['0 {nobody} 1']\ngid_map: ['0 {nobody} 1']\n"
     r = ctrsh.run("plan", ctrsh.recipe(recipe("test-a3-nobody", "true", extra)))
     assert r.returncode == 2, f"a map onto host user nobody ({nobody}) is accepted:\n{r.stdout[-300:]}"
+    assert f"uid_map[0]: '0 {nobody} 1' maps onto host uid {nobody}, the user 'nobody' in /etc/passwd" in r.stderr
 
 
 # --- bad recipes ------------------------------------------------------------------------------------

@@ -154,8 +154,9 @@ def test_failing_step_rolls_back(ctrsh: Ctrsh) -> None:
         rf"  exit code 1\n    Cannot create namespace file \"/run/netns/{netns}\": File exists",
         r.stderr,
     ), r.stderr
-    # the error comes first, then the rollback (2 steps where the state dir was there already)
-    assert re.search(r"# failed: rolled back [23] steps\n$", r.stderr), r.stderr
+    # the error comes first, then the rollback (3 steps where the state dir was there already: the
+    # namespace mount, the state dir, the image's use record; 4 with the state dir's parent)
+    assert re.search(r"# failed: rolled back [34] steps\n$", r.stderr), r.stderr
     assert r.stdout == ""
 
 

@@ -297,3 +297,46 @@ def test_images_count_and_rmi_removes_shifted_copies(tmp_path: Path) -> None:
     # makes are not touched
     assert left == ["busybox.lock", "busybox.shift-0123456789ab.lock", "busybox.shift-0123456789ab.tmp-x",
                     "busybox.shift-bad", "other"]  # fmt: skip
+
+
+def test_use_records_of_any_state_dir_keep_an_image(tmp_path: Path) -> None:
+    """An apply records its use in the data dir (rootfs.use_steps); rmi of another state dir sees it
+    while that container exists (its state dir, or its name's lock held); a stale one is left."""
+    import fcntl
+
+    from ctrsh.facts import Paths
+    from ctrsh.images import remove, use_record, users
+    from ctrsh.lock import lock_path
+
+    data = tmp_path / "data"
+    mine = dataclasses.replace(Facts(), state_dir=str(tmp_path / "run"), data_dir=str(data))
+    other = dataclasses.replace(mine, state_dir=str(tmp_path / "other"))
+    image = data / "images" / "busybox"
+    (image / "bin").mkdir(parents=True)
+    record = use_record(Paths(other, "web"), str(image))
+    Path(record).write_text(f"{image}.shift-0123456789ab\n{other.state_dir}\nweb\n")
+    assert users(mine, str(image)) == []  # web's state dir is gone and no one holds its lock: stale
+    os.makedirs(lock_path(other.state_dir, "web").rsplit("/", 1)[0], exist_ok=True)
+    with open(lock_path(other.state_dir, "web"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # its apply runs
+        assert users(mine, str(image)) == [f"web (state dir {other.state_dir})"]
+        with pytest.raises(Exception, match=r"in use by: web \(state dir"):
+            remove(mine, "busybox")
+    (tmp_path / "other" / "web").mkdir(parents=True)  # the container exists (until destroy)
+    assert users(mine, str(image)) == [f"web (state dir {other.state_dir})"]
+    (tmp_path / "other" / "web").rmdir()
+    remove(mine, "busybox")
+    assert os.path.exists(record) and not image.exists()
+
+
+def test_the_use_record_undo_is_one_destroy_accepts() -> None:
+    from ctrsh.facts import Paths
+    from ctrsh.owner import known_undo
+
+    facts = dataclasses.replace(Facts(), state_dir="/srv/st", data_dir="/srv/data")
+    steps = compile_plan(parse("name: web\nrootfs: {busybox: {}}\nprocess: {args: [a]}\n", "r.yaml"), facts).steps
+    (record,) = [s for s in steps if "ctrsh-use" in s.argv]
+    assert record.undo is not None and known_undo(record.undo, Paths(facts, "web"))
+    assert not known_undo(record.undo, Paths(facts, "db"))  # another container's
+    assert not known_undo(("rm", "-f", "/srv/data/images/busybox"), Paths(facts, "web"))
+    assert not known_undo(("rm", "-f", "/etc/passwd.use-x-web"), Paths(facts, "web"))

@@ -90,3 +90,21 @@ def test_names_undo_only_for_this_container_leaving_its_registry() -> None:
     assert not known_undo((*head, "/run/ctrsh/network/leases-ctrsh0", "web", "# else"), paths)
     forged = (*head[:4], "reboot", *head[5:])
     assert not known_undo((*forged, "/run/ctrsh/network/leases-ctrsh0", "web", names.MARK), paths)
+
+
+def test_destroy_without_a_journal_removes_the_containers_use_records(tmp_path: Path) -> None:
+    """An apply killed before its state dir existed (or an exported script killed) leaves its use
+    record in DATA/images: `destroy` removes it, and only this container's."""
+    import dataclasses
+
+    from ctrsh.images import use_record
+    from ctrsh.owner import leftovers
+
+    facts = dataclasses.replace(Facts(), state_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"))
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    mine = use_record(Paths(facts, "web"), f"{facts.data_dir}/images/busybox")
+    theirs = use_record(Paths(facts, "db"), f"{facts.data_dir}/images/busybox")
+    for record in (mine, theirs):
+        Path(record).write_text("x\n")
+    found, _ = leftovers(Paths(facts, "web"))
+    assert [u for u in found if u[:2] == ("rm", "-f")] == [("rm", "-f", mine)]
