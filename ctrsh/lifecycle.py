@@ -453,12 +453,12 @@ def enter_flags(paths: Paths, pid: int) -> list[str]:
 
 def _netns_of(paths: Paths, pid: int) -> str | None:
     """The network namespace file to enter: its own, or (network: container) the ctrsh netns PID 1
-    is in; None when it shares the host's. Matched by identity, and then entered by the file."""
+    is in; None when it shares the host's (ctrsh's own: /proc/1 may be out of reach). Matched by identity, and then entered by the file."""
     own = f"/run/netns/{paths.netns}"
     if os.path.exists(own):
         return own
     current = f"/proc/{pid}/ns/net"
-    if _same(current, "/proc/1/ns/net"):
+    if _same(current, "/proc/self/ns/net"):
         return None
     with contextlib.suppress(OSError):
         for entry in sorted(os.listdir("/run/netns")):
@@ -473,7 +473,7 @@ def _check_user_ns(paths: Paths, pid: int) -> None:
     root. Checked after the read, which is enough: no process can go back to an ancestor user
     namespace."""
     held = paths.nsfile("user")
-    expected = held if _is_namespace(held) else "/proc/1/ns/user"
+    expected = held if _is_namespace(held) else "/proc/self/ns/user"
     if not _same(f"/proc/{pid}/ns/user", expected):
         raise CtrshError(
             f"{paths.name}: PID 1 has moved into a user namespace of its own, whose map says nothing about "

@@ -61,7 +61,12 @@ from .test_images import DEBIAN_CACHE, debian_data  # noqa: F401  (a fixture)
 from .test_ssh import ssh_data  # noqa: F401  (a fixture)
 
 MODES = ("fail-before", "fail-after", "kill")
-SHIPPED = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+# Every single-container recipe. A group (`containers:`, pod.yaml) runs each member through the
+# same apply, so its steps are covered here one recipe at a time; a member failing, signals and
+# kill -9 + destroy of a group are test_pod's (a known gap: no per-step faults inside a group).
+SHIPPED = sorted(
+    p.stem for p in (ROOT / "recipes").glob("*.yaml") if not re.search(r"^containers:", p.read_text(), re.M)
+)
 RECIPES = [*SHIPPED, "rootfs-directory"]
 # Shipped recipes that need the cached Debian image (built once by test_images / test_ssh).
 DEBIAN = {"debian": "debian_data", "ssh": "ssh_data"}
