@@ -453,7 +453,8 @@ def enter_flags(paths: Paths, pid: int) -> list[str]:
 
 def _netns_of(paths: Paths, pid: int) -> str | None:
     """The network namespace file to enter: its own, or (network: container) the ctrsh netns PID 1
-    is in; None when it shares the host's (ctrsh's own: /proc/1 may be out of reach). Matched by identity, and then entered by the file."""
+    is in; None when it shares the host's (ctrsh's own: /proc/1 may be out of reach). Matched by
+    identity, and then entered by the file."""
     own = f"/run/netns/{paths.netns}"
     if os.path.exists(own):
         return own
