@@ -109,7 +109,8 @@ def test_a_start_that_fails_at_a_step_tears_down_the_first(ctrsh: Ctrsh) -> None
 
 def test_a_detached_container_whose_start_fails_fails_the_group(ctrsh: Ctrsh) -> None:
     """b's cwd cannot be made (read-only root): its PID 1 ends just after pivot_root. Once c has started
-    the group sees it ended, shows its log, tears down c, b and a, and d never starts."""
+    the group sees it ended (before or once c has started), shows its log, tears down what started,
+    newest first, and d never starts."""
     sleeper = "    process: {args: [sleep, '600'], init: true}\n"
     bad = "    readonly: true\n    process: {args: [sleep, '600'], cwd: /nowhere}\n"
     recipe = ctrsh.recipe(
@@ -120,7 +121,11 @@ def test_a_detached_container_whose_start_fails_fails_the_group(ctrsh: Ctrsh) ->
     assert r.returncode == 125, r.stderr[-2000:]
     assert "ctrsh: test-pod-b ended at once (exited 1); the last lines of its log:" in r.stderr
     assert "mkdir: can't create directory '/nowhere': Read-only file system" in r.stderr
-    assert "tear down the detached containers, newest first: test-pod-c, test-pod-b, test-pod-a" in r.stderr
+    # b may be seen dead before c starts (then c never starts) or just after: either way newest first
+    assert any(
+        f"tear down the detached containers, newest first: {order}" in r.stderr
+        for order in ("test-pod-c, test-pod-b, test-pod-a", "test-pod-b, test-pod-a")
+    ), r.stderr[-2000:]
     assert "container 4 of 4" not in r.stderr and "never" not in r.stdout
     assert ps(ctrsh) == {}
 
