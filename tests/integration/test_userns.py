@@ -179,13 +179,15 @@ def test_hostile_image_gives_no_host_root(ctrsh: Ctrsh, tmp_path: Path) -> None:
     )
     rootfs = json.dumps({"tarball": {"path": str(tar)}})
     extra = "security: {no_new_privileges: false}\n"  # let the setuid bit do whatever it can
+    before = set(images_dir(ctrsh).glob("tarball-*"))  # other tests' images share the data dir
     r = ctrsh.run("apply", "-q", ctrsh.recipe(recipe("test-userns-evil", script, extra, rootfs)))
     try:
         assert r.returncode == 0, r.stderr
         assert not Path(f"/tmp/{marker}").exists()  # the link to / is the container's /
         lines = r.stdout.splitlines()
         assert lines[0].startswith("-rwsr-xr-x") and lines[0].split()[2:4] == ["0", "0"]  # root's inside...
-        copies = [p for p in images_dir(ctrsh).glob("tarball-*.shift-*") if p.is_dir() and ".tmp-" not in p.name]
+        copies = [p for p in set(images_dir(ctrsh).glob("tarball-*.shift-*")) - before
+                  if p.is_dir() and ".tmp-" not in p.name]  # fmt: skip
         assert len(copies) == 1
         on_host = (copies[0] / "evil").stat()
         assert on_host.st_uid == MAPPED and on_host.st_mode & stat.S_ISUID  # ...host uid 100000's on disk
@@ -193,26 +195,27 @@ def test_hostile_image_gives_no_host_root(ctrsh: Ctrsh, tmp_path: Path) -> None:
         assert [p for p in copies[0].rglob("*") if p.lstat().st_uid == 0 or p.lstat().st_gid == 0] == []
         assert "no-shadow" in lines[-1]
     finally:
-        image = next((p.name for p in images_dir(ctrsh).glob("tarball-*") if ".shift-" not in p.name
+        image = next((p.name for p in set(images_dir(ctrsh).glob("tarball-*")) - before if ".shift-" not in p.name
                       and p.is_dir() and ".tmp-" not in p.name), None)  # fmt: skip
         if image:
             rm = ctrsh.run("rmi", image)
             assert rm.returncode == 0, rm.stderr
     # rmi removed the shifted copy and its .source with its image (only the lock stays, as for images)
-    assert [p for p in images_dir(ctrsh).glob("tarball-*.shift-*") if not p.name.endswith(".lock")] == []
+    assert [p for p in set(images_dir(ctrsh).glob("tarball-*.shift-*")) - before if not p.name.endswith(".lock")] == []
 
 
 def test_an_id_the_map_lacks_fails_the_copy(ctrsh: Ctrsh, tmp_path: Path) -> None:
     """A file owned by an id outside the maps cannot be shifted: the apply fails and nothing is published."""
     tar = hostile_tarball(tmp_path, ctrsh, extra_owner=70000)
     rootfs = json.dumps({"tarball": {"path": str(tar)}})
+    before = set(images_dir(ctrsh).glob("tarball-*.shift-*"))  # other tests' copies share the data dir
     r = ctrsh.run("apply", "-q", ctrsh.recipe(recipe("test-userns-odd", "true", rootfs=rootfs)))
     try:
         assert r.returncode != 0
         assert "odd" in r.stderr and "Invalid argument" in r.stderr, r.stderr[-2000:]
-        assert [p for p in images_dir(ctrsh).glob("tarball-*.shift-*") if p.is_dir()] == []
+        assert [p for p in set(images_dir(ctrsh).glob("tarball-*.shift-*")) - before if p.is_dir()] == []
     finally:
-        image = next((p.name for p in images_dir(ctrsh).glob("tarball-*") if ".shift-" not in p.name
+        image = next((p.name for p in set(images_dir(ctrsh).glob("tarball-*")) - before if ".shift-" not in p.name
                       and p.is_dir() and ".tmp-" not in p.name), None)  # fmt: skip
         if image:
             assert ctrsh.run("rmi", image).returncode == 0
